@@ -1,0 +1,42 @@
+"""The im2col convolution equals lax.conv_general_dilated in value and gradients."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from capsjax.conv import conv2d, default_conv_impl
+
+
+@pytest.mark.parametrize("shape,kernel,stride", [
+    ((2, 20, 20, 16), (9, 9, 16, 24), 2),   # PrimaryCaps-like
+    ((2, 28, 28, 1), (9, 9, 1, 8), 1),      # Conv1-like
+    ((3, 11, 13, 4), (3, 5, 4, 6), 3),      # odd sizes
+])
+def test_im2col_equals_xla_conv(shape, kernel, stride):
+  kx, kk, kc = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kk, kernel) * 0.1
+  y_xla = conv2d(x, w, stride, "xla")
+  y_col = conv2d(x, w, stride, "im2col")
+  assert y_col.shape == y_xla.shape
+  np.testing.assert_allclose(y_col, y_xla, rtol=1e-4, atol=1e-4)
+
+  cot = jax.random.normal(kc, y_xla.shape)
+  loss = lambda impl: lambda x, w: jnp.sum(conv2d(x, w, stride, impl) * cot)
+  gx_xla, gw_xla = jax.grad(loss("xla"), argnums=(0, 1))(x, w)
+  gx_col, gw_col = jax.grad(loss("im2col"), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(gx_col, gx_xla, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(gw_col, gw_xla, rtol=1e-4, atol=1e-3)
+
+
+def test_auto_choice():
+  assert default_conv_impl("cpu") == "im2col"
+  assert default_conv_impl("gpu") == "xla"
+  assert default_conv_impl("tpu") == "xla"
+
+
+def test_bad_arguments_are_clear():
+  with pytest.raises(ValueError, match="impl"):
+    conv2d(jnp.zeros((1, 9, 9, 1)), jnp.zeros((3, 3, 1, 1)), impl="fast")
+  with pytest.raises(ValueError, match="matching C"):
+    conv2d(jnp.zeros((1, 9, 9, 2)), jnp.zeros((3, 3, 1, 1)))

@@ -1,0 +1,92 @@
+"""CapsNet: exact parameter counts of the paper, shapes, masking, dtypes."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from capsjax import CapsNet
+from capsjax.routing import dynamic_routing
+
+
+def n_params(model, hw):
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, hw, hw, 1))))
+  assert set(variables) == {"params"}  # routing logits are not state
+  return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+def test_parameter_counts_equal_the_paper():
+  # Conv1: 9*9*256 + 256; PrimaryCaps: 9*9*256*256 + 256; DigitCaps: 1152*10*8*16.
+  assert n_params(CapsNet(use_decoder=False), 28) == 6_804_224
+  # + decoder 160*512+512 + 512*1024+1024 + 1024*784+784.
+  assert n_params(CapsNet(), 28) == 8_215_568
+  assert n_params(CapsNet(num_reconstructions=2), 36) == 11_361_808
+
+
+@pytest.fixture(scope="module")
+def small_run():
+  model = CapsNet(routing_iters=3, num_reconstructions=2)
+  images = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+  params = model.init(jax.random.key(1), images)["params"]
+  return model, params, images
+
+
+def test_output_shapes_and_dtypes(small_run):
+  model, params, images = small_run
+  out = model.apply({"params": params}, images)
+  chex.assert_shape(out.lengths, (3, 10))
+  chex.assert_shape(out.digit_caps, (3, 10, 16))
+  chex.assert_shape(out.coupling, (3, 1152, 10))
+  chex.assert_shape(out.reconstructions, (3, 2, 28, 28, 1))
+  chex.assert_type([out.lengths, out.digit_caps, out.reconstructions], jnp.float32)
+  np.testing.assert_allclose(out.lengths, jnp.linalg.norm(out.digit_caps, axis=-1), rtol=1e-5)
+  assert np.all((out.reconstructions >= 0) & (out.reconstructions <= 1))
+  # Evaluation masks with the two longest capsules.
+  np.testing.assert_array_equal(
+      np.sort(out.masked_labels, -1), np.sort(np.argsort(-out.lengths, -1)[:, :2], -1))
+
+
+def test_reconstruction_uses_only_the_masked_capsule(small_run):
+  model, params, images = small_run
+  labels = jnp.array([[1, 7], [0, 3], [9, 9]])
+  out = model.apply({"params": params}, images, labels)
+  np.testing.assert_array_equal(out.masked_labels, labels)
+  dec = {"params": params["decoder"]}
+  from capsjax.models import Decoder
+  for b in range(3):
+    for k in range(2):
+      masked = np.zeros((10, 16), np.float32)
+      masked[labels[b, k]] = out.digit_caps[b, labels[b, k]]
+      ref = Decoder(28, 28).apply(dec, jnp.asarray(masked)[None])[0]
+      np.testing.assert_allclose(out.reconstructions[b, k], ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.reconstructions[2, 0], out.reconstructions[2, 1])
+
+
+def test_digit_caps_are_routing_of_the_primary_predictions(small_run):
+  model, params, images = small_run
+  out, state = model.apply({"params": params}, images, capture_intermediates=True,
+                           mutable=["intermediates"])
+  u = state["intermediates"]["primary_caps"]["__call__"][0]
+  chex.assert_shape(u, (3, 1152, 8))
+  u_hat = np.einsum("bik,ijdk->bijd", np.asarray(u), np.asarray(params["digit_caps"]["W"]))
+  v, c = dynamic_routing(jnp.asarray(u_hat), 3)
+  np.testing.assert_allclose(out.digit_caps, v, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(out.coupling, c, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_compute_keeps_float32_params_and_outputs(small_run):
+  _, params, images = small_run
+  model = CapsNet(dtype=jnp.bfloat16, num_reconstructions=2)
+  out = model.apply({"params": params}, images)
+  chex.assert_type([out.lengths, out.reconstructions], jnp.float32)
+  ref = CapsNet(num_reconstructions=2).apply({"params": params}, images)
+  np.testing.assert_allclose(out.lengths, ref.lengths, atol=3e-2)
+
+
+def test_without_decoder_and_bad_images():
+  model = CapsNet(use_decoder=False)
+  images = jnp.zeros((2, 28, 28, 1))
+  out = model.apply(model.init(jax.random.key(0), images), images)
+  assert out.reconstructions is None
+  with pytest.raises(ValueError, match="channel"):
+    model.init(jax.random.key(0), jnp.zeros((2, 28, 28)))
