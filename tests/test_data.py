@@ -1,0 +1,338 @@
+"""MNIST sources (tfds mock, fake download manager, IDX files) and the MultiMNIST generator."""
+import gzip
+import logging
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from capsjax.data import MNISTTest, MnistFileError, MultiMNIST, ShiftedMNIST, load_mnist, read_idx
+from capsjax.data import mnist as mnist_lib
+from capsjax.data.multimnist import prefetch
+
+
+# ----------------------------------------------------------------------------
+# Small synthetic MNIST: digit i of class k is a distinct random pattern.
+
+def fake_split(n=200, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % 10
+  rng.shuffle(labels)
+  images = np.zeros((n, 28, 28), np.uint8)
+  # A 20x20 random blob in the middle (4 px margin so shifts keep it whole).
+  images[:, 4:24, 4:24] = rng.integers(1, 256, size=(n, 20, 20))
+  return images, labels.astype(np.int32)
+
+
+def write_idx(path, array, magic=None, gz=True, truncate=0):
+  ndim = array.ndim
+  magic = (0x08 << 8 | ndim) if magic is None else magic
+  header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  data = header + array.astype(np.uint8).tobytes()
+  if truncate:
+    data = data[:-truncate]
+  path.write_bytes(gzip.compress(data) if gz else data)
+
+
+def write_split_dir(directory, n_train=30, n_test=20, gz=True):
+  for prefix, n in (("train", n_train), ("t10k", n_test)):
+    images, labels = fake_split(n, seed=n)
+    suffix = ".gz" if gz else ""
+    write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images, gz=gz)
+    write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz=gz)
+
+
+@pytest.fixture(autouse=True)
+def _small_splits(monkeypatch):
+  monkeypatch.setitem(mnist_lib.SPLITS, "train", ("train", 30))
+  monkeypatch.setitem(mnist_lib.SPLITS, "test", ("t10k", 20))
+
+
+# ----------------------------------------------------------------------------
+# IDX.
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_directory_round_trip(tmp_path, gz):
+  write_split_dir(tmp_path, gz=gz)
+  images, labels = load_mnist("test", source="idx", mnist_dir=tmp_path)
+  ref_images, ref_labels = fake_split(20, seed=20)
+  np.testing.assert_array_equal(images, ref_images)
+  np.testing.assert_array_equal(labels, ref_labels)
+  assert images.dtype == np.uint8 and images.shape == (20, 28, 28)
+
+
+@pytest.mark.parametrize("corruption,match", [
+    ("missing", "not found"),
+    ("truncated", "truncated"),
+    ("magic", "magic number"),
+    ("count", "expected 30"),
+    ("label_range", "out of range"),
+    ("not_gzip", "not a valid gzip"),
+])
+def test_bad_idx_files_are_named(tmp_path, corruption, match):
+  write_split_dir(tmp_path)
+  images, labels = fake_split(30, seed=30)
+  target = tmp_path / "train-images-idx3-ubyte.gz"
+  if corruption == "missing":
+    target.unlink()
+  elif corruption == "truncated":
+    write_idx(target, images, truncate=100)
+  elif corruption == "magic":
+    write_idx(target, images, magic=2049)
+  elif corruption == "count":
+    write_idx(target, images[:29])
+  elif corruption == "label_range":
+    target = tmp_path / "train-labels-idx1-ubyte.gz"
+    write_idx(target, np.full(30, 12))
+  elif corruption == "not_gzip":
+    target.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
+  with pytest.raises(MnistFileError, match=match) as info:
+    load_mnist("train", source="idx", mnist_dir=tmp_path)
+  assert target.name.split(".")[0] in str(info.value)
+
+
+def test_bundled_copy_is_real_mnist():
+  mnist_lib.SPLITS["test"] = ("t10k", 10_000)
+  images, labels = load_mnist("test", source="bundled")
+  assert images.shape == (10_000, 28, 28)
+  np.testing.assert_array_equal(
+      np.bincount(labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+
+
+# ----------------------------------------------------------------------------
+# tensorflow-datasets.
+
+def test_tfds_prepared_dataset_via_mock(caplog):
+  with tfds.testing.mock_data(num_examples=30):
+    with caplog.at_level(logging.INFO, logger="capsjax"):
+      images, labels = load_mnist("train", source="tfds")
+  assert images.shape == (30, 28, 28) and images.dtype == np.uint8
+  assert labels.shape == (30,) and labels.min() >= 0 and labels.max() <= 9
+  assert any("prepared tensorflow-datasets" in r.message for r in caplog.records)
+  with tfds.testing.mock_data(num_examples=30):
+    ref = tfds.data_source("mnist", split="train")
+    np.testing.assert_array_equal(images[3], np.asarray(ref[3]["image"])[..., 0])
+
+
+def test_tfds_download_manager_path(tmp_path, monkeypatch, caplog):
+  """Not prepared, online: tfds' download manager fetches, the IDX reader parses."""
+  raw = tmp_path / "served"
+  raw.mkdir()
+  write_split_dir(raw)
+  calls = {}
+
+  class FakeDownloadManager:
+    def __init__(self, *, download_dir, url_infos, dataset_name, force_checksums_validation):
+      calls.update(dataset_name=dataset_name, checks=force_checksums_validation,
+                   registered=sorted(url_infos))
+      self.download_dir = pathlib.Path(download_dir)
+
+    def download(self, urls):
+      out = {}
+      for name, url in urls.items():
+        calls.setdefault("urls", []).append(url)
+        dest = self.download_dir / f"hashed_{len(out)}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes((raw / name).read_bytes())
+        out[name] = dest
+      return out
+
+  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda split, data_dir: None)
+  monkeypatch.setattr(mnist_lib, "_online", lambda: True)
+  monkeypatch.setattr(tfds.download, "DownloadManager", FakeDownloadManager)
+  with caplog.at_level(logging.INFO, logger="capsjax"):
+    images, labels = load_mnist("test", source="auto", tfds_data_dir=str(tmp_path / "tfds"))
+  np.testing.assert_array_equal(images, fake_split(20, seed=20)[0])
+  assert calls["dataset_name"] == "mnist" and calls["checks"]
+  assert set(calls["urls"]) <= set(calls["registered"])  # tfds' registered checksums
+  assert any("download manager" in r.message for r in caplog.records)
+
+
+def test_auto_offline_falls_back_to_bundled_quickly(monkeypatch, caplog):
+  mnist_lib.SPLITS["test"] = ("t10k", 10_000)
+  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda split, data_dir: None)
+  monkeypatch.setattr(mnist_lib, "_online", lambda: False)
+  with caplog.at_level(logging.INFO, logger="capsjax"):
+    images, _ = load_mnist("test")
+  assert images.shape == (10_000, 28, 28)
+  lines = [r.message for r in caplog.records if r.name == "capsjax"]
+  assert len(lines) == 1 and "bundled copy" in lines[0] and "offline" in lines[0]
+
+
+def test_online_probe_is_bounded():
+  import time
+  start = time.monotonic()
+  mnist_lib._online("https://10.255.255.1/", timeout=1.0)
+  assert time.monotonic() - start < 5
+
+
+def test_tfds_only_offline_is_a_clear_error(monkeypatch):
+  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda split, data_dir: None)
+  monkeypatch.setattr(mnist_lib, "_online", lambda: False)
+  with pytest.raises(RuntimeError, match="bundled"):
+    load_mnist("train", source="tfds")
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="split"):
+    load_mnist("validation")
+  with pytest.raises(ValueError, match="source"):
+    load_mnist("train", source="web")
+  with pytest.raises(ValueError, match="mnist_dir"):
+    load_mnist("train", source="idx")
+
+
+# ----------------------------------------------------------------------------
+# MultiMNIST.
+
+@pytest.fixture(scope="module")
+def split():
+  return fake_split(200)
+
+
+def locate(component, digit):
+  """Offset (y, x) at which `digit` (28x28) sits on the 36x36 `component`, or None."""
+  component = np.round(component * 255)
+  for y in range(9):
+    for x in range(9):
+      canvas = np.zeros((36, 36))
+      canvas[y:y + 28, x:x + 28] = digit
+      if np.array_equal(canvas, component):
+        return y, x
+  return None
+
+
+def test_multimnist_batch_contract(split):
+  images, labels = split
+  data = MultiMNIST(images, labels, seed=3)
+  batch = data.batch(step=2, batch_size=64)
+  assert batch["image"].shape == (64, 36, 36, 1) and batch["image"].dtype == np.float32
+  assert batch["labels"].shape == (64, 2) and batch["labels"].dtype == np.int32
+  assert batch["components"].shape == (64, 2, 36, 36, 1)
+  assert np.all(batch["labels"][:, 0] != batch["labels"][:, 1])
+  np.testing.assert_array_equal(batch["multi_hot"].sum(1), 2)
+  for b in range(64):
+    assert set(np.flatnonzero(batch["multi_hot"][b])) == set(batch["labels"][b])
+  assert batch["image"].min() >= 0 and batch["image"].max() <= 1
+
+  # Each component is an image of the labelled class, shifted within +-4 px.
+  by_class = {k: images[labels == k] for k in range(10)}
+  shifts = []
+  for b in range(16):
+    for k in range(2):
+      comp = batch["components"][b, k, :, :, 0]
+      found = [locate(comp, d) for d in by_class[batch["labels"][b, k]]]
+      found = [f for f in found if f is not None]
+      assert found, f"component {b},{k} is not a shifted digit of its class"
+      shifts.append(found[0])
+  shifts = np.array(shifts) - 4
+  assert np.abs(shifts).max() <= 4 and len(np.unique(shifts, axis=0)) > 5
+
+  # The image is the clipped sum of its components.
+  a = np.round(batch["components"][:, 0] * 255)
+  b_ = np.round(batch["components"][:, 1] * 255)
+  np.testing.assert_allclose(batch["image"], np.minimum(a + b_, 255) / 255, atol=1e-6)
+
+
+def test_multimnist_max_merge(split):
+  batch = MultiMNIST(*split, seed=0, merge="max").batch(0, 32)
+  np.testing.assert_allclose(batch["image"], batch["components"].max(axis=1), atol=1e-7)
+
+
+def test_multimnist_determinism_and_host_slices(split):
+  data = MultiMNIST(*split, seed=1)
+  a, b = data.batch(5, 32), MultiMNIST(*split, seed=1).batch(5, 32)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(a["image"], data.batch(6, 32)["image"])
+  assert not np.array_equal(a["image"], MultiMNIST(*split, seed=2).batch(5, 32)["image"])
+  halves = [data.batch(5, 32, process_index=i, process_count=2) for i in range(2)]
+  for key in a:
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), a[key])
+
+
+def test_multimnist_epochs_visit_every_digit_first(split):
+  images, labels = split
+  data = MultiMNIST(images, labels, seed=0)
+  firsts = np.concatenate([data.batch(s, 50)["components"][:, 0] for s in range(4)])
+  placed_ids = set()
+  for comp in firsts[..., 0]:
+    for i, img in enumerate(images):
+      if locate(comp, img) is not None:
+        placed_ids.add(i)
+        break
+  assert placed_ids == set(range(200))
+
+
+def test_multimnist_partner_classes_balanced():
+  images, labels = fake_split(1000)
+  batch = MultiMNIST(images, labels, seed=0).batch(0, 20_000)
+  counts = np.zeros((10, 10))
+  np.add.at(counts, (batch["labels"][:, 0], batch["labels"][:, 1]), 1)
+  assert np.all(np.diag(counts) == 0)
+  off = counts[~np.eye(10, dtype=bool)]
+  expected = 20_000 / 90
+  assert np.all(np.abs(off - expected) < 5 * np.sqrt(expected))
+
+
+def test_multimnist_test_set_fixed(split):
+  data = MultiMNIST(*split, seed=0)
+  test = data.test_set(pairs_per_digit=3)
+  assert len(test) == 600
+  batches = list(test.batches(256))
+  assert [len(b["labels"]) for b in batches] == [256, 256, 88]
+  again = list(MultiMNIST(*split, seed=0).test_set(3).batches(256))
+  np.testing.assert_array_equal(batches[1]["image"], again[1]["image"])
+  firsts = np.concatenate([b["labels"][:, 0] for b in batches])
+  np.testing.assert_array_equal(firsts, np.repeat(split[1], 3))
+
+
+def test_shifted_mnist(split):
+  images, labels = split
+  data = ShiftedMNIST(images, labels, seed=0)
+  batch = data.batch(0, 40)
+  assert batch["image"].shape == (40, 28, 28, 1)
+  assert batch["labels"].shape == (40, 1)
+  np.testing.assert_array_equal(batch["components"][:, 0], batch["image"])
+  seen = set()
+  for b in range(40):
+    img = np.round(batch["image"][b, :, :, 0] * 255)
+    matches = []
+    for i in np.flatnonzero(labels == batch["labels"][b, 0]):
+      for dy in range(-2, 3):
+        for dx in range(-2, 3):
+          # Blobs have a 4 px margin, so a roll is the same as a zero-padded shift.
+          if np.array_equal(np.roll(images[i], (dy, dx), (0, 1)), img):
+            matches.append((dy, dx))
+    assert matches
+    seen.add(matches[0])
+  assert len(seen) > 5
+  np.testing.assert_array_equal(data.batch(3, 40)["image"], ShiftedMNIST(*split, seed=0).batch(3, 40)["image"])
+
+
+def test_mnist_test_batches(split):
+  test = MNISTTest(*split)
+  batches = list(test.batches(64))
+  assert sum(len(b["labels"]) for b in batches) == 200
+  np.testing.assert_array_equal(batches[0]["labels"][:, 0], split[1][:64])
+
+
+def test_prefetch_order_and_errors():
+  assert [b["x"] for b in prefetch(lambda s: {"x": s}, range(5))] == list(range(5))
+
+  def boom(step):
+    if step == 2:
+      raise RuntimeError("bad step")
+    return {"x": step}
+  with pytest.raises(RuntimeError, match="bad step"):
+    list(prefetch(boom, range(5)))
+
+
+def test_bad_multimnist_arguments(split):
+  with pytest.raises(ValueError, match="merge"):
+    MultiMNIST(*split, seed=0, merge="mean")
+  with pytest.raises(ValueError, match="uint8"):
+    MultiMNIST(split[0].astype(np.float32), split[1], seed=0)
+  with pytest.raises(ValueError, match="divisible"):
+    MultiMNIST(*split, seed=0).batch(0, 33, process_count=2)
