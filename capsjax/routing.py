@@ -112,7 +112,8 @@ def dynamic_routing(
     _, v = weighted_sum(logits, inner_u_hat)
     return logits + jnp.einsum("...ijd,...jd->...ij", inner_u_hat, v)
 
-  logits = jnp.zeros(u_hat.shape[:-1], dtype=u_hat.dtype)
+  # zeros_like (not zeros) keeps u_hat's sharding type under shard_map.
+  logits = jnp.zeros_like(u_hat[..., 0])
   logits = jax.lax.fori_loop(0, num_iters - 1, update_logits, logits)
   c, v = weighted_sum(logits, u_hat)
   return v, c

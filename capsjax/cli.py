@@ -1,0 +1,53 @@
+"""Shared command-line plumbing for ``experiments/*.py``: flags from the config
+dataclass, logging, the persistent compilation cache, and one-line errors."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from typing import Callable
+
+from capsjax.training.config import TrainConfig
+
+
+def _parse_bool(text: str) -> bool:
+  if text.lower() in ("1", "true", "yes"):
+    return True
+  if text.lower() in ("0", "false", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+  """``--<field>`` for every :class:`TrainConfig` field, typed, with help."""
+  parser = argparse.ArgumentParser(description=description)
+  for field in dataclasses.fields(TrainConfig):
+    kind = {"bool": _parse_bool, "int": int, "float": float, "str": str}[field.type]
+    parser.add_argument(f"--{field.name}", type=kind, default=field.default,
+                        help=f"{TrainConfig.HELP[field.name]} (default: {field.default!r})")
+  return parser
+
+
+def setup(cache_dir: str | None = None) -> None:
+  """INFO logging for capsjax, and JAX's persistent compilation cache."""
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  logging.getLogger("capsjax").setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  import jax  # pylint: disable=import-outside-toplevel
+  cache_dir = cache_dir or os.environ.get(
+      "CAPSJAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "capsjax", "xla"))
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run(main: Callable[[], int]) -> None:
+  """Runs ``main``; expected failures become one line on stderr and exit code 2."""
+  from capsjax.data import MnistFileError  # pylint: disable=import-outside-toplevel
+  from capsjax.training import CheckpointError, ConfigError, NonFiniteLossError  # pylint: disable=import-outside-toplevel
+  try:
+    sys.exit(main())
+  except (ConfigError, CheckpointError, NonFiniteLossError, MnistFileError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,97 @@
+"""Pictures of the paper: reconstructions (Fig. 5), dimension perturbations (Fig. 4),
+and training curves. Inputs are NumPy arrays; output is a PNG file."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_reconstructions", "plot_perturbations", "plot_curves", "PERTURBATIONS"]
+
+PERTURBATIONS = np.round(np.arange(-0.25, 0.2501, 0.05), 2)  # 11 values, as in Fig. 4
+_COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 0.9, 0.2]])      # digit 1 red, digit 2 green
+
+
+def _rgb(parts: np.ndarray) -> np.ndarray:
+  """``(K, H, W)`` grey images -> one RGB image, digit k in colour k (grey if K = 1)."""
+  if parts.shape[0] == 1:
+    return np.repeat(parts[0][..., None], 3, axis=-1)
+  rgb = np.einsum("khw,kc->hwc", parts, _COLOURS[:parts.shape[0]])
+  return np.clip(rgb, 0, 1)
+
+
+def plot_reconstructions(path, images, labels, recon_true, predicted, recon_pred) -> None:
+  """Rows: input; reconstruction from the true labels; from the predicted ones.
+
+  Args:
+    images: ``(N, H, W, 1)``.
+    labels, predicted: ``(N, K)`` int.
+    recon_true, recon_pred: ``(N, K, H, W, 1)``.
+  """
+  n = images.shape[0]
+  fig, axes = plt.subplots(3, n, figsize=(1.2 * n, 4.0), squeeze=False)
+  rows = [("input", lambda i: np.repeat(images[i], 3, -1), labels),
+          ("R: true labels", lambda i: _rgb(recon_true[i, ..., 0]), labels),
+          ("R: predicted", lambda i: _rgb(recon_pred[i, ..., 0]), predicted)]
+  for r, (name, picture, tags) in enumerate(rows):
+    for i in range(n):
+      ax = axes[r, i]
+      ax.imshow(picture(i), vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_title(",".join(str(int(t)) for t in tags[i]), fontsize=8)
+    axes[r, 0].set_ylabel(name, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def plot_perturbations(path, grid: np.ndarray, label: int) -> None:
+  """``grid (16, len(PERTURBATIONS), H, W)``: dimension d of the capsule of ``label``
+  shifted by each perturbation, then decoded."""
+  dims, steps = grid.shape[:2]
+  fig, axes = plt.subplots(dims, steps, figsize=(0.55 * steps, 0.55 * dims), squeeze=False)
+  for d in range(dims):
+    for s in range(steps):
+      ax = axes[d, s]
+      ax.imshow(grid[d, s], cmap="gray", vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if d == 0:
+        ax.set_title(f"{PERTURBATIONS[s]:+.2f}", fontsize=5)
+    axes[d, 0].set_ylabel(str(d), fontsize=6, rotation=0, labelpad=6)
+  fig.suptitle(f"class {label}: each row perturbs one of the 16 dimensions", fontsize=7)
+  fig.tight_layout(pad=0.2)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def plot_curves(metrics_path, path) -> None:
+  """Training loss and test accuracy against step, from ``metrics.jsonl``."""
+  train, test = [], []
+  for line in pathlib.Path(metrics_path).read_text().splitlines():
+    record = json.loads(line)
+    (train if record.get("split") == "train" else test).append(record)
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+  if train:
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
+  ax_loss.set_yscale("log")
+  ax_loss.set_xlabel("step")
+  ax_loss.set_ylabel("train loss")
+  for key, name in (("accuracy", "test accuracy (strict)"), ("per_digit_accuracy", "per digit")):
+    points = [(r["step"], 100 * r[key]) for r in test if key in r]
+    if points:
+      ax_acc.plot(*zip(*points), marker="o", label=name)
+  ax_acc.set_xlabel("step")
+  ax_acc.set_ylabel("%")
+  if test:
+    ax_acc.legend()
+  ax_acc.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

@@ -1,0 +1,56 @@
+"""Checkpoints of the train state with orbax: atomic, the last few kept.
+
+A checkpoint that cannot be read is reported (never overwritten or deleted);
+the user decides whether to move it away and resume from an earlier one.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpointer", "CheckpointError"]
+
+log = logging.getLogger("capsjax")
+
+
+class CheckpointError(RuntimeError):
+  """An unreadable checkpoint; the message names it and the way out."""
+
+
+class Checkpointer:
+  """Saves and restores a train-state pytree under ``directory/<step>``."""
+
+  def __init__(self, directory: str | pathlib.Path, keep: int = 3):
+    self.directory = pathlib.Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state) -> None:
+    """Writes ``state`` as checkpoint ``step`` (atomically: tmp dir, then rename)."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.StandardSave(state))
+    self._manager.wait_until_finished()
+
+  def restore(self, target, step: int | None = None):
+    """Restores checkpoint ``step`` (default: latest) into the structure of ``target``."""
+    step = self.latest_step() if step is None else step
+    path = self.directory / str(step)
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+      raise CheckpointError(
+          f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200] if str(e) else ''}). It was left untouched; "
+          f"move it out of {self.directory} to resume from an earlier checkpoint, or "
+          "start in a new --workdir.") from None
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,345 @@
+"""The training loop: data, state, checkpoints, evaluation, metrics and pictures.
+
+``train_and_evaluate(config)`` is what ``experiments/train.py`` runs. Rerunning
+it with the same configuration in the same workdir resumes from the latest
+checkpoint, and the result is bitwise identical to an uninterrupted run (the
+data is a pure function of ``(seed, step)``; nothing else needs saving).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import pathlib
+import signal
+import tempfile
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from capsjax import plots
+from capsjax.data import MNISTTest, MultiMNIST, ShiftedMNIST, load_mnist, prefetch
+from capsjax.models import CapsNet, Decoder
+from capsjax.training.checkpoint import Checkpointer
+from capsjax.training.config import ConfigError, TrainConfig
+from capsjax.training.steps import (
+    init_state, make_eval_step, make_mesh, make_model, make_optimizer, make_schedule,
+    make_train_step,
+    shard_batch)
+
+__all__ = ["train_and_evaluate", "evaluate_workdir", "NonFiniteLossError", "prepare_workdir"]
+
+log = logging.getLogger("capsjax")
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or Inf; the message gives the step and the last good checkpoint."""
+
+
+# ----------------------------------------------------------------------------
+# Workdir.
+
+
+def prepare_workdir(config: TrainConfig) -> pathlib.Path:
+  """Creates the workdir, checks it is writable and belongs to this config.
+
+  Writes ``config.json`` (atomically) only after the checks pass.
+  """
+  workdir = config.run_dir
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
+      pass
+  except OSError as e:
+    raise ConfigError(
+        f"--workdir {workdir} is not writable ({e.strerror or e}); choose another "
+        "--workdir.") from None
+  saved = workdir / "config.json"
+  if saved.exists():
+    previous = TrainConfig.load(saved)
+    diff = config.mismatches(previous)
+    if diff:
+      raise ConfigError(
+          f"--workdir {workdir} holds a run with a different configuration ("
+          + "; ".join(diff) + "); use a new --workdir or the same flags as that run.")
+  elif (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
+    raise ConfigError(
+        f"--workdir {workdir} holds checkpoints but no config.json, so they cannot be "
+        "matched to this configuration; use a new --workdir.")
+  tmp = saved.with_suffix(".json.tmp")
+  tmp.write_text(config.to_json())
+  os.replace(tmp, saved)
+  return workdir
+
+
+# ----------------------------------------------------------------------------
+# Data.
+
+
+def make_datasets(config: TrainConfig):
+  """``(train source with .batch(step, B), test set with .batches(B))``."""
+  kwargs = dict(source=config.data_source, mnist_dir=config.mnist_dir or None)
+  train_images, train_labels = load_mnist("train", **kwargs)
+  test_images, test_labels = load_mnist("test", **kwargs)
+  if config.dataset == "multimnist":
+    train = MultiMNIST(train_images, train_labels, seed=config.seed)
+    test = MultiMNIST(test_images, test_labels, seed=config.seed + 1).test_set(
+        config.test_pairs_per_digit)
+  else:
+    train = ShiftedMNIST(train_images, train_labels, seed=config.seed)
+    test = MNISTTest(test_images, test_labels)
+  return train, test
+
+
+def _padded(batches: Iterator[dict], batch_size: int) -> Iterator[dict]:
+  """Pads every batch to ``batch_size`` rows and adds a 0/1 ``weight``."""
+  for batch in batches:
+    n = len(batch["labels"])
+    pad = batch_size - n
+    out = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) if pad else v
+           for k, v in batch.items()}
+    out["weight"] = (np.arange(batch_size) < n).astype(np.float32)
+    yield out
+
+
+def _local_rows(batch: dict) -> dict:
+  """This process's rows of a batch every process built in full."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return batch
+  rows = len(next(iter(batch.values()))) // count
+  return {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
+
+
+def evaluate(eval_step, params, test, mesh, batch_size: int) -> dict[str, float]:
+  """Strict and per-digit accuracy on the whole test set."""
+  totals = {"count": 0.0, "strict": 0.0, "per_digit": 0.0}
+  for batch in _padded(test.batches(batch_size), batch_size):
+    sums = jax.device_get(eval_step(params, shard_batch(_local_rows(batch), mesh)))
+    for k in totals:
+      totals[k] += float(sums[k])
+  return {"accuracy": totals["strict"] / totals["count"],
+          "per_digit_accuracy": totals["per_digit"] / totals["count"],
+          "test_examples": int(totals["count"])}
+
+
+# ----------------------------------------------------------------------------
+# Pictures.
+
+
+def write_pictures(config: TrainConfig, model: CapsNet, params, test, workdir: pathlib.Path,
+                   num_examples: int = 8) -> list[pathlib.Path]:
+  """Fig. 5-style reconstructions, Fig. 4-style perturbations, training curves."""
+  if jax.process_index() != 0:
+    return []
+  batch = next(test.batches(num_examples))
+  params = jax.device_get(params)
+  images = jnp.asarray(batch["image"])
+  true = model.apply({"params": params}, images, jnp.asarray(batch["labels"]))
+  pred = model.apply({"params": params}, images)
+  paths = [workdir / "reconstructions.png", workdir / "perturbations.png"]
+  plots.plot_reconstructions(paths[0], batch["image"], batch["labels"],
+                             np.asarray(true.reconstructions), np.asarray(pred.masked_labels),
+                             np.asarray(pred.reconstructions))
+  # Perturb each of the 16 dimensions of the first example's first true capsule.
+  label = int(batch["labels"][0, 0])
+  v = np.asarray(true.digit_caps[0])
+  deltas = plots.PERTURBATIONS
+  masked = np.zeros((16, len(deltas), 10, 16), np.float32)
+  masked[:, :, label] = v[label]
+  masked[np.arange(16), :, label, np.arange(16)] += deltas
+  grid = Decoder(config.image_size, config.image_size).apply(
+      {"params": params["decoder"]}, jnp.asarray(masked))
+  plots.plot_perturbations(paths[1], np.asarray(grid[..., 0]), label)
+  if (workdir / "metrics.jsonl").exists():
+    paths.append(workdir / "curves.png")
+    plots.plot_curves(workdir / "metrics.jsonl", paths[-1])
+  return paths
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+
+class _StopRequest:
+  """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.signum = None
+
+  @contextlib.contextmanager
+  def installed(self):
+    previous = {}
+
+    def handler(signum, _frame):
+      self.signum = signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      previous[sig] = signal.signal(sig, handler)
+    try:
+      yield self
+    finally:
+      for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+class _MetricsLog:
+  """Appends records to ``metrics.jsonl`` (process 0 only)."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    self.enabled = jax.process_index() == 0
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self.enabled:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _progress(total: int, initial: int):
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+              disable=jax.process_index() != 0, mininterval=1.0)
+
+
+def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
+  """Trains (or resumes) according to ``config``; returns the summary record."""
+  if config.distributed:
+    jax.distributed.initialize()
+  mesh = make_mesh()
+  config.validate(num_devices=mesh.size)
+  workdir = prepare_workdir(config)
+  train_data, test_data = make_datasets(config)
+  total_steps = config.total_steps(len(train_data))
+
+  model = make_model(config)
+  tx = make_optimizer(config)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(init_state(model, tx, config.image_size, config.seed), replicated)
+  checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(state)
+    log.info("resumed from %s at step %d", checkpoints.directory, int(state.step))
+  start = int(state.step)
+
+  train_step = make_train_step(model, tx, mesh, config.recon_weight)
+  eval_step = make_eval_step(model.clone(use_decoder=False), mesh)
+  metrics_log = _MetricsLog(workdir / "metrics.jsonl")
+  schedule = make_schedule(config)
+
+  def make_batch(step):
+    return train_data.batch(step, config.batch_size, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+
+  window: list[dict] = []
+  window_start = time.perf_counter()
+  last_eval: dict[str, float] = {}
+  last_good = checkpoints.latest_step()
+  stop = _StopRequest()
+  step = start
+  images_per_sec = 0.0
+
+  def check(step_done: int, metrics) -> None:
+    nonlocal last_good
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(metrics["loss"]):
+      where = (f"the last good checkpoint (step {last_good}) is kept in {checkpoints.directory}"
+               if last_good is not None else "no checkpoint was saved")
+      raise NonFiniteLossError(
+          f"loss is {metrics['loss']} at step {step_done}; stopped, {where}. Lower --lr, "
+          "or use --precision fp32.")
+    window.append(metrics)
+
+  def save(step_done: int) -> None:
+    nonlocal last_good
+    checkpoints.save(step_done, state)
+    last_good = step_done
+
+  with stop.installed(), _progress(total_steps, start) as bar:
+    pending = None
+    for batch in prefetch(make_batch, range(start, total_steps)):
+      state, metrics = train_step(state, shard_batch(batch, mesh))
+      step += 1
+      if pending is not None:
+        check(*pending)  # one step behind, so the device never waits for the host
+      pending = (step, metrics)
+      at_end = step == total_steps
+      do_eval = bool(config.eval_every and step % config.eval_every == 0) or at_end
+      do_save = step % config.checkpoint_every == 0 or at_end or bool(stop.signum)
+      if do_eval or do_save or step % config.log_every == 0:
+        check(*pending)  # never save or report a state whose loss was not checked
+        pending = None
+      if step % config.log_every == 0 or at_end or stop.signum:
+        elapsed = time.perf_counter() - window_start
+        images_per_sec = len(window) * config.batch_size / max(elapsed, 1e-9)
+        mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        metrics_log.write({"step": step, "split": "train", **mean,
+                           "lr": float(schedule(step)), "images_per_sec": images_per_sec})
+        bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{100 * mean['accuracy']:.1f}%",
+                        img_s=f"{images_per_sec:.0f}", refresh=False)
+        window.clear()
+        window_start = time.perf_counter()
+      if do_save:
+        save(step)
+      if do_eval:
+        last_eval = evaluate(eval_step, state.params, test_data, mesh, config.eval_batch_size)
+        metrics_log.write({"step": step, "split": "test", **last_eval})
+        bar.write(f"step {step}: test accuracy {100 * last_eval['accuracy']:.2f}%"
+                  + (f" (per digit {100 * last_eval['per_digit_accuracy']:.2f}%)"
+                     if config.num_digits > 1 else ""))
+        window_start = time.perf_counter()
+      bar.update(1)
+      if stop.signum:
+        break
+
+  summary = {"step": step, "total_steps": total_steps, "workdir": str(workdir),
+             "images_per_sec": images_per_sec, **last_eval}
+  if stop.signum:
+    summary["interrupted"] = signal.Signals(stop.signum).name
+    checkpoints.close()
+    return summary
+  if start == total_steps:  # nothing left to train: evaluate what is there
+    summary.update(evaluate(eval_step, state.params, test_data, mesh, config.eval_batch_size))
+  summary["pictures"] = [str(p) for p in write_pictures(config, model, state.params,
+                                                        test_data, workdir)]
+  checkpoints.close()
+  return summary
+
+
+def evaluate_workdir(workdir: str | os.PathLike, data_source: str | None = None,
+                     mnist_dir: str | None = None) -> dict[str, Any]:
+  """Evaluates the latest checkpoint of a workdir and (re)writes its pictures."""
+  workdir = pathlib.Path(workdir)
+  if not (workdir / "config.json").exists():
+    raise ConfigError(f"{workdir} has no config.json; pass the --workdir of a training run.")
+  config = TrainConfig.load(workdir / "config.json")
+  overrides = {}
+  if data_source:
+    overrides["data_source"] = data_source
+  if mnist_dir:
+    overrides["mnist_dir"] = mnist_dir
+  config = TrainConfig.from_dict({**json.loads(config.to_json()), **overrides})
+  mesh = make_mesh()
+  config.validate(num_devices=mesh.size)
+  _, test_data = make_datasets(config)
+  model = make_model(config)
+  tx = make_optimizer(config)
+  state = jax.device_put(init_state(model, tx, config.image_size, config.seed),
+                         NamedSharding(mesh, P()))
+  checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+  if checkpoints.latest_step() is None:
+    raise ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate.")
+  state = checkpoints.restore(state)
+  checkpoints.close()
+  eval_step = make_eval_step(model.clone(use_decoder=False), mesh)
+  result = {"step": int(state.step),
+            **evaluate(eval_step, state.params, test_data, mesh, config.eval_batch_size)}
+  result["pictures"] = [str(p) for p in write_pictures(config, model, state.params,
+                                                       test_data, workdir)]
+  return result
