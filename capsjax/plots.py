@@ -65,8 +65,8 @@ def plot_perturbations(path, grid: np.ndarray, label: int) -> None:
       if d == 0:
         ax.set_title(f"{PERTURBATIONS[s]:+.2f}", fontsize=5)
     axes[d, 0].set_ylabel(str(d), fontsize=6, rotation=0, labelpad=6)
-  fig.suptitle(f"class {label}: each row perturbs one of the 16 dimensions", fontsize=7)
-  fig.tight_layout(pad=0.2)
+  fig.suptitle(f"class {label}: row d adds the column's value to dimension d", fontsize=7)
+  fig.tight_layout(pad=0.2, rect=(0, 0, 1, 0.98))
   fig.savefig(path, dpi=80)
   plt.close(fig)
 

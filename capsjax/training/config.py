@@ -51,6 +51,7 @@ class TrainConfig:
   log_every: int = 50
   precision: str = "fp32"
   test_pairs_per_digit: int = 1
+  test_subset: int = 0
   eval_batch_size: int = 500
   stop_gradient_inner: bool = False
   distributed: bool = False
@@ -77,6 +78,7 @@ class TrainConfig:
       "log_every": "append training metrics to metrics.jsonl every this many steps",
       "precision": "fp32, or bf16 (bf16 compute; fp32 parameters and optimizer state)",
       "test_pairs_per_digit": "MultiMNIST test pairs per test digit (the paper uses 1000)",
+      "test_subset": "evaluate on the first N digits of the test split (0: all 10,000)",
       "eval_batch_size": "batch size for evaluation",
       "stop_gradient_inner": "stop gradients through the inner routing iterations",
       "distributed": "call jax.distributed.initialize() first (multi-host runs)",
@@ -136,6 +138,7 @@ class TrainConfig:
          "--checkpoint_every, --keep_checkpoints and --log_every must be >= 1.")
     need(self.eval_every >= 0, "--eval_every must be >= 0.")
     need(self.test_pairs_per_digit >= 1, "--test_pairs_per_digit must be >= 1.")
+    need(self.test_subset >= 0, "--test_subset must be >= 0 (0: the whole test split).")
     return self
 
   # --------------------------------------------------------------------------

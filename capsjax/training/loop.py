@@ -87,6 +87,8 @@ def make_datasets(config: TrainConfig):
   kwargs = dict(source=config.data_source, mnist_dir=config.mnist_dir or None)
   train_images, train_labels = load_mnist("train", **kwargs)
   test_images, test_labels = load_mnist("test", **kwargs)
+  if config.test_subset:
+    test_images, test_labels = test_images[:config.test_subset], test_labels[:config.test_subset]
   if config.dataset == "multimnist":
     train = MultiMNIST(train_images, train_labels, seed=config.seed)
     test = MultiMNIST(test_images, test_labels, seed=config.seed + 1).test_set(

@@ -110,6 +110,9 @@ def make_train_step(model: CapsNet, tx: optax.GradientTransformation, mesh: Mesh
   """``(state, global batch) -> (new state, metrics)``, jitted, state donated."""
 
   def local_grads(params, batch):
+    # Each device differentiates its own copy of the parameters (its slice of
+    # the batch), then the gradients are averaged explicitly: the pmap model.
+    params = jax.lax.pcast(params, "data", to="varying")
     grads, metrics = jax.grad(loss_fn, has_aux=True)(params, model, batch, recon_weight)
     return jax.lax.pmean((grads, metrics), "data")
 
@@ -120,7 +123,7 @@ def make_train_step(model: CapsNet, tx: optax.GradientTransformation, mesh: Mesh
     grads, metrics = grads_fn(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   replicated = NamedSharding(mesh, P())

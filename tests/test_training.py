@@ -1,0 +1,240 @@
+"""Training: data-parallel equivalence, learning, metrics, exact resume, bad input."""
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from capsjax.data import ShiftedMNIST, load_mnist
+from capsjax.metrics import per_digit_correct, strict_correct
+from capsjax.training import (
+    CheckpointError, Checkpointer, ConfigError, NonFiniteLossError, TrainConfig, init_state,
+    make_mesh, make_model, make_optimizer, make_train_step, shard_batch, train_and_evaluate)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mnist_batch():
+  images, labels = load_mnist("test", source="bundled")
+  return ShiftedMNIST(images[:256], labels[:256], seed=0).batch(0, 16)
+
+
+def tiny_config(tmp_path, **overrides):
+  values = dict(dataset="mnist", batch_size=8, steps=4, eval_every=0, checkpoint_every=2,
+                log_every=1, test_subset=40, eval_batch_size=40, data_source="bundled",
+                workdir=str(tmp_path / "run"))
+  values.update(overrides)
+  return TrainConfig(**values)
+
+
+# ----------------------------------------------------------------------------
+
+def test_metrics_on_hand_made_lengths():
+  lengths = jnp.array([[0.9, 0.8, 0.1, 0.0],    # top-2 {0, 1}
+                       [0.9, 0.1, 0.8, 0.0],    # top-2 {0, 2}
+                       [0.1, 0.2, 0.3, 0.9]])   # top-2 {3, 2}
+  labels = jnp.array([[1, 0], [0, 1], [0, 1]])
+  np.testing.assert_array_equal(strict_correct(lengths, labels), [1, 0, 0])
+  np.testing.assert_array_equal(per_digit_correct(lengths, labels), [1, 0.5, 0])
+  np.testing.assert_array_equal(strict_correct(lengths, jnp.array([[0], [2], [3]])), [1, 0, 1])
+
+
+def test_eight_device_step_equals_one_device_step(tmp_path, mnist_batch):
+  assert jax.device_count() == 8, "conftest.py sets 8 host devices"
+  config = tiny_config(tmp_path)
+  model, tx = make_model(config), make_optimizer(config)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = make_mesh(devices)
+    step = make_train_step(model, tx, mesh, config.recon_weight)
+    state = init_state(model, tx, 28, seed=0)
+    for _ in range(2):
+      state, metrics = step(state, shard_batch(mnist_batch, mesh))
+    results.append((jax.device_get(state.params), float(metrics["loss"])))
+  # Reference: plain jax.grad of the global-batch loss, no mesh at all.
+  from capsjax.training import loss_fn
+  params = init_state(model, tx, 28, seed=0).params
+  opt_state = tx.init(params)
+  batch = jax.tree.map(jnp.asarray, mnist_batch)
+  for _ in range(2):
+    grads, ref_metrics = jax.grad(loss_fn, has_aux=True)(params, model, batch, config.recon_weight)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  results.append((params, float(ref_metrics["loss"])))
+  (p1, l1), (p8, l8), (p_ref, l_ref) = results
+  assert l1 == pytest.approx(l8, rel=1e-5)
+  assert l1 == pytest.approx(l_ref, rel=1e-5)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # Adam amplifies fp noise
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # Adam amplifies fp noise
+
+
+def test_loss_goes_down_on_a_fixed_batch(tmp_path, mnist_batch):
+  config = tiny_config(tmp_path)
+  model, tx = make_model(config), make_optimizer(config)
+  mesh = make_mesh()
+  step = make_train_step(model, tx, mesh, config.recon_weight)
+  state = init_state(model, tx, 28, seed=0)
+  batch = shard_batch(mnist_batch, mesh)
+  losses = []
+  for _ in range(25):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0]
+  assert float(metrics["accuracy"]) > 0.9
+
+
+def test_optimizer_schedule_matches_official_defaults():
+  config = TrainConfig(dataset="mnist")
+  from capsjax.training import make_schedule
+  schedule = make_schedule(config)
+  assert float(schedule(0)) == pytest.approx(1e-3)
+  assert float(schedule(2000)) == pytest.approx(1e-3 * 0.96)
+  assert float(schedule(10_000_000)) == pytest.approx(1e-6)
+  assert make_schedule(TrainConfig())(20_000) == pytest.approx(1e-3 * 0.96)  # multimnist x10
+
+
+# ----------------------------------------------------------------------------
+# Exact resume through the CLI.
+
+def cli(args, env_extra=None, **kwargs):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", **(env_extra or {}))
+  return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "train.py"), *args],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **kwargs)
+
+
+def final_params(workdir):
+  config = TrainConfig.load(workdir / "config.json")
+  model, tx = make_model(config), make_optimizer(config)
+  checkpoints = Checkpointer(workdir / "checkpoints")
+  state = checkpoints.restore(init_state(model, tx, 28, config.seed))
+  return int(state.step), jax.device_get(state.params)
+
+
+def test_exact_resume_after_kill(tmp_path):
+  common = ["--dataset", "mnist", "--batch_size", "8", "--steps", "24", "--log_every", "1",
+            "--checkpoint_every", "3", "--eval_every", "0", "--test_subset", "40",
+            "--eval_batch_size", "40", "--data_source", "bundled"]
+  env = {"CAPSJAX_CACHE_DIR": str(tmp_path / "cache")}
+  straight = cli(common + ["--workdir", str(tmp_path / "a")], env)
+  out, err = straight.communicate(timeout=300)
+  assert straight.returncode == 0, err
+  assert "summary" in out
+
+  # Same run, killed with SIGTERM part-way, then the same command again.
+  resumed = tmp_path / "b"
+  proc = cli(common + ["--workdir", str(resumed)], env)
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    metrics = resumed / "metrics.jsonl"
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  if proc.returncode == 0:
+    pytest.skip("run finished before the signal arrived")
+  assert proc.returncode == 128 + signal.SIGTERM, err
+  assert "Rerun the same command to resume" in out
+  assert "Traceback" not in err
+  stopped_at, _ = final_params(resumed)
+  assert 0 < stopped_at < 24
+  again = cli(common + ["--workdir", str(resumed)], env)
+  out, err = again.communicate(timeout=300)
+  assert again.returncode == 0, err
+
+  step_a, params_a = final_params(tmp_path / "a")
+  step_b, params_b = final_params(resumed)
+  assert step_a == step_b == 24
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_resume_in_halves_is_bitwise_identical(tmp_path):
+  full = train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "full"), steps=6))
+  train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "half"), steps=3))
+  half = train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "half"), steps=6))
+  assert full["step"] == half["step"] == 6
+  _, pa = final_params(tmp_path / "full")
+  _, pb = final_params(tmp_path / "half")
+  for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(a, b)
+  records = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  assert {r["split"] for r in records} == {"train", "test"}
+  for name in ("reconstructions.png", "perturbations.png", "curves.png"):
+    assert (tmp_path / "full" / name).stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------
+# Bad input.
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(routing_iters=0), "--routing_iters must be >= 1"),
+    (dict(routing_iters=-2), "--routing_iters must be >= 1"),
+    (dict(batch_size=12), "--batch_size 12 is not divisible by the 8 devices"),
+    (dict(dataset="cifar"), "--dataset 'cifar' is unknown"),
+    (dict(precision="fp16"), "--precision 'fp16' is unknown"),
+])
+def test_bad_flags(tmp_path, overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    train_and_evaluate(tiny_config(tmp_path, **overrides))
+  assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_unwritable_workdir(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ConfigError, match="not writable"):
+    train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "file" / "run")))
+
+
+def test_workdir_of_another_configuration(tmp_path):
+  train_and_evaluate(tiny_config(tmp_path, steps=2))
+  before = (tmp_path / "run" / "config.json").read_text()
+  with pytest.raises(ConfigError, match=r"--routing_iters 3 -> 1"):
+    train_and_evaluate(tiny_config(tmp_path, steps=4, routing_iters=1))
+  assert (tmp_path / "run" / "config.json").read_text() == before
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+  train_and_evaluate(tiny_config(tmp_path, steps=2))
+  ckpt = tmp_path / "run" / "checkpoints" / "2"
+  data_files = [p for p in ckpt.rglob("*") if p.is_file() and p.parent.name == "d"]
+  victim = max(data_files, key=lambda p: p.stat().st_size)
+  victim.write_bytes(victim.read_bytes()[:50])
+  snapshot = {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
+  with pytest.raises(CheckpointError, match="corrupt or truncated") as info:
+    train_and_evaluate(tiny_config(tmp_path, steps=4))
+  assert str(ckpt) in str(info.value)
+  assert {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == snapshot
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(NonFiniteLossError, match=r"at step \d+") as info:
+    train_and_evaluate(tiny_config(tmp_path, steps=20, lr=1e30, checkpoint_every=1))
+  good = Checkpointer(tmp_path / "run" / "checkpoints").latest_step()
+  if good is not None:
+    assert f"step {good}" in str(info.value)
+    config = tiny_config(tmp_path)
+    model, tx = make_model(config), make_optimizer(config)
+    state = Checkpointer(tmp_path / "run" / "checkpoints").restore(init_state(model, tx, 28, 0))
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  proc = cli(["--routing_iters", "0", "--workdir", str(tmp_path / "x")])
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 2
+  assert err.strip().splitlines() == [
+      "error: --routing_iters must be >= 1 (got 0); the paper uses 3."]
