@@ -71,9 +71,10 @@ def dynamic_routing(
     v_j  = squash(s_j)
     b_ij = b_ij + <u_hat_j|i, v_j>
 
-  The logit update after the last iteration is never used, so the loop runs
-  ``num_iters - 1`` updates with ``jax.lax.fori_loop`` and then forms the final
-  ``c`` and ``v``.
+  The first iteration has ``c = 1/n_out`` exactly and is written out; the
+  logit update after the last iteration is never used. So ``jax.lax.fori_loop``
+  runs the ``num_iters - 2`` middle iterations, then the final ``c`` and ``v``
+  are formed.
 
   Args:
     u_hat: predictions ``(..., n_in, n_out, d_out)`` of each child capsule i for
@@ -101,19 +102,26 @@ def dynamic_routing(
         "u_hat must have shape (..., n_in, n_out, d_out); got shape "
         f"{u_hat.shape}.")
 
-  def weighted_sum(logits, predictions):
-    c = jax.nn.softmax(logits, axis=-1)
-    s = jnp.einsum("...ij,...ijd->...jd", c, predictions)
-    return c, squash(s)
+  def weighted_sum(c, predictions):
+    return squash(jnp.einsum("...ij,...ijd->...jd", c, predictions))
+
+  def agreement(predictions, v):
+    return jnp.einsum("...ijd,...jd->...ij", predictions, v)
 
   inner_u_hat = jax.lax.stop_gradient(u_hat) if stop_gradient_inner else u_hat
+  n_out = u_hat.shape[-2]
+  # Iteration 1: b = 0, so c = softmax(0) = 1/n_out exactly; written out,
+  # which also spares XLA constant-folding a softmax of zeros.
+  if num_iters == 1:
+    c = jnp.full(u_hat.shape[:-1], 1.0 / n_out, u_hat.dtype)
+    return squash(jnp.sum(u_hat, axis=-3) / n_out), c
+  v = squash(jnp.sum(inner_u_hat, axis=-3) / n_out)
+  logits = agreement(inner_u_hat, v)
 
   def update_logits(_, logits):
-    _, v = weighted_sum(logits, inner_u_hat)
-    return logits + jnp.einsum("...ijd,...jd->...ij", inner_u_hat, v)
+    v = weighted_sum(jax.nn.softmax(logits, axis=-1), inner_u_hat)
+    return logits + agreement(inner_u_hat, v)
 
-  # zeros_like (not zeros) keeps u_hat's sharding type under shard_map.
-  logits = jnp.zeros_like(u_hat[..., 0])
-  logits = jax.lax.fori_loop(0, num_iters - 1, update_logits, logits)
-  c, v = weighted_sum(logits, u_hat)
-  return v, c
+  logits = jax.lax.fori_loop(0, num_iters - 2, update_logits, logits)
+  c = jax.nn.softmax(logits, axis=-1)
+  return weighted_sum(c, u_hat), c

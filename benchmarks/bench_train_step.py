@@ -1,0 +1,168 @@
+"""Train-step benchmark: compile time, step time, images/s, FLOPs and MFU.
+
+Runs the library's own data-parallel train step (CapsNet, decoder, margin +
+reconstruction loss, Adam) on all devices, on synthetic data. Unchanged on
+CPU, GPU and TPU.
+
+  python benchmarks/bench_train_step.py                       # table
+  python benchmarks/bench_train_step.py --torch               # + PyTorch peer, ratio
+  python benchmarks/bench_train_step.py --sizes 28 --batch_sizes 128 --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from capsjax.training import (
+    TrainConfig, init_state, make_mesh, make_model, make_optimizer, make_train_step, shard_batch)
+
+
+def analytic_flops_per_image(size: int, routing_iters: int) -> float:
+  """Forward FLOPs (2 per multiply-add) of the matmul-like parts; x3 for a train step."""
+  conv1 = (size - 8) ** 2 * 81 * 1 * 256 * 2
+  prim_hw = ((size - 8) - 9) // 2 + 1
+  primary = prim_hw ** 2 * 81 * 256 * 256 * 2
+  n_in = prim_hw ** 2 * 32
+  u_hat = n_in * 10 * 16 * 8 * 2
+  routing = routing_iters * n_in * 10 * 16 * 2 * 2   # weighted sums and agreements
+  k = 2 if size == 36 else 1
+  decoder = k * (160 * 512 + 512 * 1024 + 1024 * size * size) * 2
+  return 3.0 * (conv1 + primary + u_hat + routing + decoder)
+
+
+def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
+  """Measured matmul throughput (GFLOP/s) on all devices of the default backend."""
+  mesh = make_mesh()
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  count = mesh.size
+  a = jax.device_put(jnp.ones((count, n, n), dtype), sharding)
+  f = jax.jit(lambda a: jnp.einsum("bij,bjk->bik", a, a), out_shardings=sharding)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * count * n ** 3 / statistics.median(times) / 1e9
+
+
+def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
+              steps: int, warmup: int) -> dict:
+  config = TrainConfig(dataset="multimnist" if size == 36 else "mnist",
+                       routing_iters=routing_iters, batch_size=batch_size, precision=precision)
+  mesh = make_mesh()
+  config.validate(mesh.size)
+  model, tx = make_model(config), make_optimizer(config)
+  step = make_train_step(model, tx, mesh, config.recon_weight)
+  state = jax.device_put(init_state(model, tx, size, 0),
+                         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  rng = np.random.default_rng(0)
+  k = config.num_digits
+  labels = np.stack([rng.permutation(10)[:k] for _ in range(batch_size)]).astype(np.int32)
+  multi_hot = np.zeros((batch_size, 10), np.float32)
+  np.put_along_axis(multi_hot, labels, 1.0, axis=1)
+  batch = shard_batch({
+      "image": rng.uniform(size=(batch_size, size, size, 1)).astype(np.float32),
+      "labels": labels, "multi_hot": multi_hot,
+      "components": rng.uniform(size=(batch_size, k, size, size, 1)).astype(np.float32),
+  }, mesh)
+
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  flops = analytic_flops_per_image(size, routing_iters)
+  return {
+      "backend": jax.default_backend(), "devices": mesh.size, "size": size,
+      "routing_iters": routing_iters, "batch_size": batch_size, "precision": precision,
+      "compile_s": compile_s, "step_s": step_s, "images_per_s": batch_size / step_s,
+      "gflop_per_image": flops / 1e9,
+      "xla_gflop_per_image": xla_flops / batch_size / 1e9 if xla_flops else None,
+      "gflop_per_s": flops * batch_size / step_s / 1e9,
+  }
+
+
+def run_torch(size, routing_iters, batch_size, steps, warmup) -> dict | None:
+  script = pathlib.Path(__file__).with_name("peer_torch.py")
+  proc = subprocess.run(
+      [sys.executable, str(script), "--size", str(size), "--routing_iters", str(routing_iters),
+       "--batch_size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup), "--json"],
+      capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    print(f"peer_torch failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    return None
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  ints = lambda s: [int(x) for x in s.split(",")]
+  parser.add_argument("--sizes", type=ints, default=[28, 36])
+  parser.add_argument("--routing", type=ints, default=[1, 3])
+  parser.add_argument("--batch_sizes", type=ints, default=[32, 128])
+  parser.add_argument("--precisions", default="fp32", help="comma list of fp32,bf16")
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--torch", action="store_true", help="also time benchmarks/peer_torch.py")
+  parser.add_argument("--json", action="store_true", help="print one JSON line per row")
+  args = parser.parse_args()
+
+  peaks = {p: matmul_peak(jnp.bfloat16 if p == "bf16" else jnp.float32)
+           for p in args.precisions.split(",")}
+  print(f"# {jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind}); "
+        + ", ".join(f"{p} matmul peak {v:,.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
+  header = (f"{'size':>4} {'r':>2} {'batch':>5} {'prec':>5} {'compile s':>9} {'step ms':>9} "
+            f"{'img/s':>9} {'GFLOP/img':>9} {'GFLOP/s':>9} {'MFU':>6}")
+  if args.torch:
+    header += f" {'torch img/s':>11} {'ratio':>6}"
+  if not args.json:
+    print(header, flush=True)
+  for precision in args.precisions.split(","):
+    for size in args.sizes:
+      for r in args.routing:
+        for b in args.batch_sizes:
+          row = bench_one(size, r, b, precision, args.steps, args.warmup)
+          row["matmul_peak_gflop_per_s"] = peaks[precision]
+          row["mfu"] = row["gflop_per_s"] / peaks[precision]
+          if args.torch:
+            peer = run_torch(size, r, b, args.steps, args.warmup)
+            row["torch_images_per_s"] = peer and peer["images_per_s"]
+            row["ratio_vs_torch"] = peer and row["images_per_s"] / peer["images_per_s"]
+          if args.json:
+            print(json.dumps(row), flush=True)
+            continue
+          line = (f"{size:>4} {r:>2} {b:>5} {precision:>5} {row['compile_s']:>9.2f} "
+                  f"{1e3 * row['step_s']:>9.1f} {row['images_per_s']:>9.1f} "
+                  f"{row['gflop_per_image']:>9.3f} {row['gflop_per_s']:>9.1f} "
+                  f"{100 * row['mfu']:>5.1f}%")
+          if args.torch:
+            tip = row["torch_images_per_s"]
+            line += (f" {tip:>11.1f} {row['ratio_vs_torch']:>5.2f}x" if tip else "  (failed)")
+          print(line, flush=True)
+
+
+if __name__ == "__main__":
+  main()
