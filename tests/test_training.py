@@ -80,19 +80,30 @@ def test_eight_device_step_equals_one_device_step(tmp_path, mnist_batch):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # Adam amplifies fp noise
 
 
-def test_loss_goes_down_on_a_fixed_batch(tmp_path, mnist_batch):
-  config = tiny_config(tmp_path)
+def fit_fixed_batch(config, batch, steps=25):
+  """Trains on one batch; returns the final state, the losses and the last metrics."""
   model, tx = make_model(config), make_optimizer(config)
   mesh = make_mesh()
   step = make_train_step(model, tx, mesh, config.recon_weight)
   state = init_state(model, tx, 28, seed=0)
-  batch = shard_batch(mnist_batch, mesh)
+  batch = shard_batch(batch, mesh)
   losses = []
-  for _ in range(25):
+  for _ in range(steps):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
+  return state, losses, metrics
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_loss_goes_down_on_a_fixed_batch(tmp_path, mnist_batch, precision):
+  config = tiny_config(tmp_path, precision=precision)
+  assert make_model(config).dtype == (jnp.bfloat16 if precision == "bf16" else jnp.float32)
+  state, losses, metrics = fit_fixed_batch(config, mnist_batch)
   assert losses[-1] < 0.5 * losses[0]
   assert float(metrics["accuracy"]) > 0.9
+  # bf16 computes in bf16 but keeps float32 parameters and optimizer state.
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(state.opt_state))
 
 
 def test_optimizer_schedule_matches_official_defaults():
