@@ -26,9 +26,12 @@ __all__ = ["CapsNet", "CapsNetOutput", "Conv", "PrimaryCaps", "DigitCaps", "Deco
 
 Dtype = Any
 
-# Initialisers: the official code draws conv and capsule weights from a
-# truncated normal with stddev 0.01 and biases 0 (conv) / 0.1 (capsules).
-_small_normal = nn.initializers.truncated_normal(stddev=0.01)
+# Initialisers of the official code: weights from truncated normals (stddev
+# 0.05 for Conv1, 0.1 for PrimaryCaps and DigitCaps), biases 0.1. (Flax's
+# truncated_normal takes the stddev of the truncated distribution, as TF's
+# stddev argument is that of the normal before truncation; the difference,
+# a factor 0.88, is immaterial here.)
+_BIAS_INIT = nn.initializers.constant(0.1)
 
 
 @flax.struct.dataclass
@@ -58,13 +61,14 @@ class Conv(nn.Module):
   stride: int = 1
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  init_stddev: float = 0.05
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
-        "kernel", _small_normal,
+        "kernel", nn.initializers.truncated_normal(self.init_stddev),
         (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    bias = self.param("bias", _BIAS_INIT, (self.features,), jnp.float32)
     y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.conv_impl)
     return y + bias.astype(self.dtype)
 
@@ -81,7 +85,7 @@ class PrimaryCaps(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     y = Conv(self.num_types * self.caps_dim, self.kernel_size, self.stride,
-             self.dtype, self.conv_impl)(x)
+             self.dtype, self.conv_impl, init_stddev=0.1)(x)
     # Channels are grouped (type, dim), as in the official code.
     u = y.reshape(y.shape[0], -1, self.caps_dim).astype(jnp.float32)
     return squash(u)
@@ -102,7 +106,7 @@ class DigitCaps(nn.Module):
   @nn.compact
   def __call__(self, u: jax.Array) -> tuple[jax.Array, jax.Array]:
     _, n_in, d_in = u.shape
-    w = self.param("W", _small_normal,
+    w = self.param("W", nn.initializers.truncated_normal(0.1),
                    (n_in, self.num_caps, self.caps_dim, d_in), jnp.float32)
     u_hat = jnp.einsum("bik,ijdk->bijd", u.astype(self.dtype), w.astype(self.dtype))
     return dynamic_routing(u_hat.astype(jnp.float32), self.routing_iters,
