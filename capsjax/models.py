@@ -27,10 +27,9 @@ __all__ = ["CapsNet", "CapsNetOutput", "Conv", "PrimaryCaps", "DigitCaps", "Deco
 Dtype = Any
 
 # Initialisers of the official code: weights from truncated normals (stddev
-# 0.05 for Conv1, 0.1 for PrimaryCaps and DigitCaps), biases 0.1. (Flax's
-# truncated_normal takes the stddev of the truncated distribution, as TF's
-# stddev argument is that of the normal before truncation; the difference,
-# a factor 0.88, is immaterial here.)
+# 0.05 for Conv1, 0.1 for PrimaryCaps and DigitCaps), biases 0.1. Flax's
+# truncated_normal, like TF's, takes the stddev of the normal before it is
+# cut at two sigma.
 _BIAS_INIT = nn.initializers.constant(0.1)
 
 
@@ -102,11 +101,12 @@ class DigitCaps(nn.Module):
   routing_iters: int = 3
   stop_gradient_inner: bool = False
   dtype: Dtype = jnp.float32
+  init_stddev: float = 0.1
 
   @nn.compact
   def __call__(self, u: jax.Array) -> tuple[jax.Array, jax.Array]:
     _, n_in, d_in = u.shape
-    w = self.param("W", nn.initializers.truncated_normal(0.1),
+    w = self.param("W", nn.initializers.truncated_normal(self.init_stddev),
                    (n_in, self.num_caps, self.caps_dim, d_in), jnp.float32)
     u_hat = jnp.einsum("bik,ijdk->bijd", u.astype(self.dtype), w.astype(self.dtype))
     return dynamic_routing(u_hat.astype(jnp.float32), self.routing_iters,
@@ -138,6 +138,7 @@ class CapsNet(nn.Module):
       labels are given (1 for MNIST, 2 for MultiMNIST).
     use_decoder: include the reconstruction decoder.
     stop_gradient_inner: see :func:`capsjax.routing.dynamic_routing`.
+    digit_caps_init: stddev of the initial W_ij (0.1 in the official code).
     dtype: compute dtype of convolutions, capsule transforms and decoder
       (parameters are always float32; routing runs in float32).
     conv_impl: see :func:`capsjax.conv.conv2d`.
@@ -147,6 +148,7 @@ class CapsNet(nn.Module):
   num_reconstructions: int = 1
   use_decoder: bool = True
   stop_gradient_inner: bool = False
+  digit_caps_init: float = 0.1
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
 
@@ -171,7 +173,7 @@ class CapsNet(nn.Module):
     x = nn.relu(Conv(256, 9, 1, self.dtype, self.conv_impl, name="conv1")(images))
     u = PrimaryCaps(dtype=self.dtype, conv_impl=self.conv_impl, name="primary_caps")(x)
     v, c = DigitCaps(self.num_classes, 16, self.routing_iters, self.stop_gradient_inner,
-                     self.dtype, name="digit_caps")(u)
+                     self.dtype, self.digit_caps_init, name="digit_caps")(u)
     lengths = safe_norm(v, axis=-1)
     if not self.use_decoder:
       return CapsNetOutput(lengths, v, c, None, None)

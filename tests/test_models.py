@@ -90,3 +90,14 @@ def test_without_decoder_and_bad_images():
   assert out.reconstructions is None
   with pytest.raises(ValueError, match="channel"):
     model.init(jax.random.key(0), jnp.zeros((2, 28, 28)))
+
+
+def test_digit_caps_init_sets_the_stddev_of_w():
+  model = CapsNet(digit_caps_init=0.01, use_decoder=False)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  w = np.asarray(params["digit_caps"]["W"])
+  assert w.shape == (1152, 10, 16, 8)
+  # As TF's: a normal of stddev 0.01 truncated at 2 sigma, whose own stddev is
+  # 0.8796 x 0.01.
+  assert 0.0085 < w.std() < 0.0091
+  assert 0.0195 < np.abs(w).max() <= 0.02

@@ -200,6 +200,7 @@ def test_resume_in_halves_is_bitwise_identical(tmp_path):
     (dict(batch_size=12), "--batch_size 12 is not divisible by the 8 devices"),
     (dict(dataset="cifar"), "--dataset 'cifar' is unknown"),
     (dict(precision="fp16"), "--precision 'fp16' is unknown"),
+    (dict(digit_caps_init=0.0), "--digit_caps_init must be > 0"),
 ])
 def test_bad_flags(tmp_path, overrides, match):
   with pytest.raises(ConfigError, match=match):

@@ -21,6 +21,7 @@ DATA_SOURCES = ("auto", "tfds", "idx", "bundled")
 IDENTITY_FIELDS = (
     "dataset", "routing_iters", "batch_size", "lr", "lr_decay_rate", "lr_decay_steps",
     "lr_min", "recon_weight", "seed", "precision", "stop_gradient_inner",
+    "digit_caps_init",
 )
 
 
@@ -54,6 +55,7 @@ class TrainConfig:
   test_subset: int = 0
   eval_batch_size: int = 500
   stop_gradient_inner: bool = False
+  digit_caps_init: float = 0.1
   distributed: bool = False
 
   HELP = {
@@ -81,6 +83,7 @@ class TrainConfig:
       "test_subset": "evaluate on the first N digits of the test split (0: all 10,000)",
       "eval_batch_size": "batch size for evaluation",
       "stop_gradient_inner": "stop gradients through the inner routing iterations",
+      "digit_caps_init": "stddev of the initial DigitCaps weights W_ij (official code: 0.1)",
       "distributed": "call jax.distributed.initialize() first (multi-host runs)",
   }
 
@@ -134,6 +137,8 @@ class TrainConfig:
     need(self.steps > 0 or self.epochs > 0, "give --steps > 0 or --epochs > 0.")
     need(self.lr > 0 and self.lr_min >= 0, "--lr must be > 0 and --lr_min >= 0.")
     need(self.recon_weight >= 0, "--recon_weight must be >= 0.")
+    need(self.digit_caps_init > 0,
+         f"--digit_caps_init must be > 0 (got {self.digit_caps_init}); try 0.1 or 0.01.")
     need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
          "--checkpoint_every, --keep_checkpoints and --log_every must be >= 1.")
     need(self.eval_every >= 0, "--eval_every must be >= 0.")

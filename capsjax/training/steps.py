@@ -45,6 +45,7 @@ def make_model(config: TrainConfig) -> CapsNet:
       num_classes=10, routing_iters=config.routing_iters,
       num_reconstructions=config.num_digits,
       stop_gradient_inner=config.stop_gradient_inner,
+      digit_caps_init=config.digit_caps_init,
       dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32)
 
 
