@@ -53,20 +53,23 @@ def plot_reconstructions(path, images, labels, recon_true, predicted, recon_pred
 
 def plot_perturbations(path, grid: np.ndarray, label: int) -> None:
   """``grid (16, len(PERTURBATIONS), H, W)``: dimension d of the capsule of ``label``
-  shifted by each perturbation, then decoded."""
-  dims, steps = grid.shape[:2]
-  fig, axes = plt.subplots(dims, steps, figsize=(0.55 * steps, 0.55 * dims), squeeze=False)
+  shifted by each perturbation, then decoded. Drawn as one montage (one image,
+  not 176 axes: a small PNG)."""
+  dims, steps, h, w = grid.shape
+  gap = 2
+  montage = np.ones((dims * (h + gap) - gap, steps * (w + gap) - gap), np.float32)
   for d in range(dims):
     for s in range(steps):
-      ax = axes[d, s]
-      ax.imshow(grid[d, s], cmap="gray", vmin=0, vmax=1)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if d == 0:
-        ax.set_title(f"{PERTURBATIONS[s]:+.2f}", fontsize=5)
-    axes[d, 0].set_ylabel(str(d), fontsize=6, rotation=0, labelpad=6)
-  fig.suptitle(f"class {label}: row d adds the column's value to dimension d", fontsize=7)
-  fig.tight_layout(pad=0.2, rect=(0, 0, 1, 0.98))
+      montage[d * (h + gap):d * (h + gap) + h, s * (w + gap):s * (w + gap) + w] = grid[d, s]
+  fig, ax = plt.subplots(figsize=(0.42 * steps + 0.6, 0.42 * dims + 0.5))
+  ax.imshow(montage, cmap="gray", vmin=0, vmax=1)
+  ax.set_xticks([s * (w + gap) + w / 2 for s in range(steps)],
+                [f"{x:+.2f}" for x in PERTURBATIONS[:steps]], fontsize=5, rotation=90)
+  ax.set_yticks([d * (h + gap) + h / 2 for d in range(dims)], [str(d) for d in range(dims)],
+                fontsize=6)
+  ax.tick_params(length=0)
+  ax.set_title(f"class {label}: row d adds the column's value to dimension d", fontsize=7)
+  fig.tight_layout(pad=0.2)
   fig.savefig(path, dpi=80)
   plt.close(fig)
 
