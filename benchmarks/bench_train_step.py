@@ -55,8 +55,11 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
   return 2 * count * n ** 3 / statistics.median(times) / 1e9
 
 
-def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
-              steps: int, warmup: int) -> dict:
+def build_step(size: int, routing_iters: int, batch_size: int, precision: str):
+  """The library's train step, compiled for a synthetic batch.
+
+  Returns ``(compiled step, state, batch, compile seconds, XLA FLOPs per step)``.
+  """
   config = TrainConfig(dataset="multimnist" if size == 36 else "mnist",
                        routing_iters=routing_iters, batch_size=batch_size, precision=precision)
   mesh = make_mesh()
@@ -82,7 +85,13 @@ def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  return compiled, state, batch, compile_s, xla_flops
 
+
+def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
+              steps: int, warmup: int) -> dict:
+  compiled, state, batch, compile_s, xla_flops = build_step(
+      size, routing_iters, batch_size, precision)
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
@@ -95,7 +104,7 @@ def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
   step_s = statistics.median(times)
   flops = analytic_flops_per_image(size, routing_iters)
   return {
-      "backend": jax.default_backend(), "devices": mesh.size, "size": size,
+      "backend": jax.default_backend(), "devices": jax.device_count(), "size": size,
       "routing_iters": routing_iters, "batch_size": batch_size, "precision": precision,
       "compile_s": compile_s, "step_s": step_s, "images_per_s": batch_size / step_s,
       "gflop_per_image": flops / 1e9,
