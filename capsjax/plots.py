@@ -86,7 +86,12 @@ def plot_curves(metrics_path, path) -> None:
   ax_loss.set_yscale("log")
   ax_loss.set_xlabel("step")
   ax_loss.set_ylabel("train loss")
-  for key, name in (("accuracy", "test accuracy (strict)"), ("per_digit_accuracy", "per digit")):
+  # One digit per image (MNIST): strict and per-digit accuracy are the same.
+  two_digits = any(r.get("per_digit_accuracy", r["accuracy"]) != r["accuracy"] for r in test)
+  lines = [("accuracy", "test accuracy (strict)" if two_digits else "test accuracy")]
+  if two_digits:
+    lines.append(("per_digit_accuracy", "per digit"))
+  for key, name in lines:
     points = [(r["step"], 100 * r[key]) for r in test if key in r]
     if points:
       ax_acc.plot(*zip(*points), marker="o", label=name)
