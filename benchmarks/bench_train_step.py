@@ -7,6 +7,7 @@ CPU, GPU and TPU.
   python benchmarks/bench_train_step.py                       # table
   python benchmarks/bench_train_step.py --torch               # + PyTorch peer, ratio
   python benchmarks/bench_train_step.py --sizes 28 --batch_sizes 128 --json
+  python benchmarks/bench_train_step.py --conv_impl xla       # native conv (slow on CPU)
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from capsjax.conv import CONV_IMPLS, default_conv_impl
 from capsjax.training import (
     TrainConfig, init_state, make_mesh, make_model, make_optimizer, make_train_step, shard_batch)
 
@@ -55,8 +57,11 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
   return 2 * count * n ** 3 / statistics.median(times) / 1e9
 
 
-def build_step(size: int, routing_iters: int, batch_size: int, precision: str):
+def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
+               conv_impl: str = "auto"):
   """The library's train step, compiled for a synthetic batch.
+
+  ``conv_impl`` picks the convolution formulation (see :mod:`capsjax.conv`).
 
   Returns ``(compiled step, state, batch, compile seconds, XLA FLOPs per step)``.
   """
@@ -64,7 +69,7 @@ def build_step(size: int, routing_iters: int, batch_size: int, precision: str):
                        routing_iters=routing_iters, batch_size=batch_size, precision=precision)
   mesh = make_mesh()
   config.validate(mesh.size)
-  model, tx = make_model(config), make_optimizer(config)
+  model, tx = make_model(config).clone(conv_impl=conv_impl), make_optimizer(config)
   step = make_train_step(model, tx, mesh, config.recon_weight)
   state = jax.device_put(init_state(model, tx, size, 0),
                          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
@@ -89,9 +94,9 @@ def build_step(size: int, routing_iters: int, batch_size: int, precision: str):
 
 
 def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
-              steps: int, warmup: int) -> dict:
+              steps: int, warmup: int, conv_impl: str = "auto") -> dict:
   compiled, state, batch, compile_s, xla_flops = build_step(
-      size, routing_iters, batch_size, precision)
+      size, routing_iters, batch_size, precision, conv_impl)
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
@@ -106,6 +111,7 @@ def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
   return {
       "backend": jax.default_backend(), "devices": jax.device_count(), "size": size,
       "routing_iters": routing_iters, "batch_size": batch_size, "precision": precision,
+      "conv_impl": conv_impl,
       "compile_s": compile_s, "step_s": step_s, "images_per_s": batch_size / step_s,
       "gflop_per_image": flops / 1e9,
       "xla_gflop_per_image": xla_flops / batch_size / 1e9 if xla_flops else None,
@@ -133,6 +139,8 @@ def main():
   parser.add_argument("--routing", type=ints, default=[1, 3])
   parser.add_argument("--batch_sizes", type=ints, default=[32, 128])
   parser.add_argument("--precisions", default="fp32", help="comma list of fp32,bf16")
+  parser.add_argument("--conv_impl", choices=CONV_IMPLS, default="auto",
+                      help="convolution formulation (auto: im2col on CPU, xla elsewhere)")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--torch", action="store_true", help="also time benchmarks/peer_torch.py")
@@ -141,7 +149,9 @@ def main():
 
   peaks = {p: matmul_peak(jnp.bfloat16 if p == "bf16" else jnp.float32)
            for p in args.precisions.split(",")}
+  conv = args.conv_impl if args.conv_impl != "auto" else default_conv_impl()
   print(f"# {jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind}); "
+        f"{conv} convolutions; "
         + ", ".join(f"{p} matmul peak {v:,.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
   header = (f"{'size':>4} {'r':>2} {'batch':>5} {'prec':>5} {'compile s':>9} {'step ms':>9} "
             f"{'img/s':>9} {'GFLOP/img':>9} {'GFLOP/s':>9} {'MFU':>6}")
@@ -153,7 +163,7 @@ def main():
     for size in args.sizes:
       for r in args.routing:
         for b in args.batch_sizes:
-          row = bench_one(size, r, b, precision, args.steps, args.warmup)
+          row = bench_one(size, r, b, precision, args.steps, args.warmup, conv)
           row["matmul_peak_gflop_per_s"] = peaks[precision]
           row["mfu"] = row["gflop_per_s"] / peaks[precision]
           if args.torch:
