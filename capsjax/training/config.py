@@ -11,6 +11,8 @@ import os
 import pathlib
 from typing import Any
 
+from capsjax.models import DIGIT_CAPS_INIT
+
 DATASETS = ("multimnist", "mnist")
 PRECISIONS = ("fp32", "bf16")
 DATA_SOURCES = ("auto", "tfds", "idx", "bundled")
@@ -55,7 +57,7 @@ class TrainConfig:
   test_subset: int = 0
   eval_batch_size: int = 500
   stop_gradient_inner: bool = False
-  digit_caps_init: float = 0.01
+  digit_caps_init: float = DIGIT_CAPS_INIT
   distributed: bool = False
 
   HELP = {
