@@ -176,6 +176,25 @@ def test_exact_resume_after_kill(tmp_path):
     np.testing.assert_array_equal(a, b)  # bitwise
 
 
+def test_signal_during_logging_still_saves_before_stopping(tmp_path, monkeypatch):
+  # SIGTERM while the host waits on the device for a log record (step 3, not a
+  # checkpoint step) once ended the loop with no checkpoint of that step.
+  from capsjax.training import loop
+  write = loop._MetricsLog.write
+
+  def write_and_signal(self, record):
+    write(self, record)
+    if record["step"] == 3 and record["split"] == "train":
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(loop._MetricsLog, "write", write_and_signal)
+  config = tiny_config(tmp_path, steps=8, checkpoint_every=100)
+  summary = train_and_evaluate(config)
+  assert summary["interrupted"] == "SIGTERM"
+  assert 3 < summary["step"] < 8
+  assert Checkpointer(config.run_dir / "checkpoints").latest_step() == summary["step"]
+
+
 def test_resume_in_halves_is_bitwise_identical(tmp_path):
   full = train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "full"), steps=6))
   train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "half"), steps=3))

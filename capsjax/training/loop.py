@@ -275,12 +275,15 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         check(*pending)  # one step behind, so the device never waits for the host
       pending = (step, metrics)
       at_end = step == total_steps
+      # Read the flag once: a signal arriving later in this iteration is acted
+      # on (saved, then stopped) after the next step, never stopped unsaved.
+      stopping = stop.signum is not None
       do_eval = bool(config.eval_every and step % config.eval_every == 0) or at_end
-      do_save = step % config.checkpoint_every == 0 or at_end or bool(stop.signum)
+      do_save = step % config.checkpoint_every == 0 or at_end or stopping
       if do_eval or do_save or step % config.log_every == 0:
         check(*pending)  # never save or report a state whose loss was not checked
         pending = None
-      if step % config.log_every == 0 or at_end or stop.signum:
+      if step % config.log_every == 0 or at_end or stopping:
         elapsed = time.perf_counter() - window_start
         images_per_sec = len(window) * config.batch_size / max(elapsed, 1e-9)
         mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
@@ -300,7 +303,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                      if config.num_digits > 1 else ""))
         window_start = time.perf_counter()
       bar.update(1)
-      if stop.signum:
+      if stopping:
         break
 
   summary = {"step": step, "total_steps": total_steps, "workdir": str(workdir),
