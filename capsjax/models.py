@@ -31,7 +31,12 @@ Dtype = Any
 # CapsNet.digit_caps_init), biases 0.1. Flax's truncated_normal, like TF's,
 # takes the stddev of the normal before it is cut at two sigma.
 _BIAS_INIT = nn.initializers.constant(0.1)
-DIGIT_CAPS_INIT = 0.01  # the official 0.1 stalls MultiMNIST with 3 routing iterations
+DIGIT_CAPS_INIT = 0.01  # the official 0.1 needs the official PrimaryCaps scale, below
+# The paper's PrimaryCaps is a plain convolution. The official code builds it
+# as a capsule layer with one routing iteration whose zero logits are
+# soft-maxed over the 32 capsule types, which multiplies the convolution by
+# 1/32 before the bias: CapsNet(primary_caps_scale=OFFICIAL_PRIMARY_CAPS_SCALE).
+OFFICIAL_PRIMARY_CAPS_SCALE = 1 / 32
 
 
 @flax.struct.dataclass
@@ -62,6 +67,7 @@ class Conv(nn.Module):
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
   init_stddev: float = 0.05
+  kernel_scale: float = 1.0  # the convolution uses kernel_scale * kernel
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -69,23 +75,30 @@ class Conv(nn.Module):
         "kernel", nn.initializers.truncated_normal(self.init_stddev),
         (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", _BIAS_INIT, (self.features,), jnp.float32)
+    if self.kernel_scale != 1.0:
+      kernel = kernel * self.kernel_scale
     y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.conv_impl)
     return y + bias.astype(self.dtype)
 
 
 class PrimaryCaps(nn.Module):
-  """Convolutional capsules: ``(B, H, W, C)`` -> squashed ``(B, H' * W' * types, dim)``."""
+  """Convolutional capsules: ``(B, H, W, C)`` -> squashed ``(B, H' * W' * types, dim)``.
+
+  ``u = squash(scale * conv(x, kernel) + bias)``: 1.0 is the paper's plain
+  convolution, ``OFFICIAL_PRIMARY_CAPS_SCALE`` (1/32) the official code's.
+  """
   num_types: int = 32
   caps_dim: int = 8
   kernel_size: int = 9
   stride: int = 2
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  scale: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     y = Conv(self.num_types * self.caps_dim, self.kernel_size, self.stride,
-             self.dtype, self.conv_impl, init_stddev=0.1)(x)
+             self.dtype, self.conv_impl, init_stddev=0.1, kernel_scale=self.scale)(x)
     # Channels are grouped (type, dim), as in the official code.
     u = y.reshape(y.shape[0], -1, self.caps_dim).astype(jnp.float32)
     return squash(u)
@@ -139,10 +152,16 @@ class CapsNet(nn.Module):
       labels are given (1 for MNIST, 2 for MultiMNIST).
     use_decoder: include the reconstruction decoder.
     stop_gradient_inner: see :func:`capsjax.routing.dynamic_routing`.
-    digit_caps_init: stddev of the initial W_ij. The official code uses 0.1;
-      at 36x36 with 3 routing iterations that makes every class capsule long
-      from the first steps and training stalls (margin loss stuck near 3.2),
-      so the default is 0.01.
+    primary_caps_scale: the factor on the PrimaryCaps convolution before its
+      bias: 1.0 (default) is the paper's plain convolution, 1/32
+      (``OFFICIAL_PRIMARY_CAPS_SCALE``) the official code's. With 1.0 the
+      primary capsules start saturated (mean length ~0.98 on MNIST, ~0.12
+      with 1/32) and the official DigitCaps init 0.1 is too large.
+    digit_caps_init: stddev of the initial W_ij. The official code uses 0.1
+      with its 1/32 PrimaryCaps scale. With the plain convolution, 0.1 makes
+      every class capsule long from the first steps and MultiMNIST with 3
+      routing iterations stalls (margin loss stuck near 3.2), so the default
+      is 0.01.
     dtype: compute dtype of convolutions, capsule transforms and decoder
       (parameters are always float32; routing runs in float32).
     conv_impl: see :func:`capsjax.conv.conv2d`.
@@ -153,6 +172,7 @@ class CapsNet(nn.Module):
   use_decoder: bool = True
   stop_gradient_inner: bool = False
   digit_caps_init: float = DIGIT_CAPS_INIT
+  primary_caps_scale: float = 1.0
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
 
@@ -175,7 +195,8 @@ class CapsNet(nn.Module):
           "axis with images[..., None].")
     _, height, width, _ = images.shape
     x = nn.relu(Conv(256, 9, 1, self.dtype, self.conv_impl, name="conv1")(images))
-    u = PrimaryCaps(dtype=self.dtype, conv_impl=self.conv_impl, name="primary_caps")(x)
+    u = PrimaryCaps(dtype=self.dtype, conv_impl=self.conv_impl,
+                    scale=self.primary_caps_scale, name="primary_caps")(x)
     v, c = DigitCaps(self.num_classes, 16, self.routing_iters, self.stop_gradient_inner,
                      self.dtype, self.digit_caps_init, name="digit_caps")(u)
     lengths = safe_norm(v, axis=-1)

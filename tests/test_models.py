@@ -101,3 +101,40 @@ def test_digit_caps_init_sets_the_stddev_of_w():
   # 0.8796 x 0.01.
   assert 0.0085 < w.std() < 0.0091
   assert 0.0195 < np.abs(w).max() <= 0.02
+
+
+def test_primary_caps_are_a_squashed_scaled_convolution():
+  # u = squash(scale * conv(x, W) + b), capsules grouped (type, dim) along the
+  # channels; scale 1 is the paper's, 1/32 the official code's. Reference:
+  # the convolution and squash (Eq. 1) in NumPy.
+  from capsjax.models import PrimaryCaps
+  x = np.asarray(jax.random.uniform(jax.random.key(0), (2, 13, 13, 3)))
+  layer = PrimaryCaps(num_types=4, caps_dim=5, kernel_size=5, stride=2)
+  params = layer.init(jax.random.key(1), jnp.asarray(x))["params"]
+  kernel, bias = (np.asarray(params["Conv_0"][k], np.float64) for k in ("kernel", "bias"))
+  patches = np.stack([x[:, i:i + 5, j:j + 5, :] for i in range(0, 9, 2) for j in range(0, 9, 2)],
+                     axis=1)                                    # (2, 25 positions, 5, 5, 3)
+  conv = np.einsum("bphwc,hwco->bpo", patches, kernel)          # (2, 25, 4 * 5)
+  for scale in (1.0, 1 / 32):
+    s = (scale * conv + bias).reshape(2, 25 * 4, 5)
+    norm = np.linalg.norm(s, axis=-1, keepdims=True)
+    u = layer.clone(scale=scale).apply({"params": params}, jnp.asarray(x))
+    chex.assert_shape(u, (2, 100, 5))
+    np.testing.assert_allclose(u, norm**2 / (1 + norm**2) * s / norm, rtol=1e-4, atol=1e-6)
+
+
+def test_official_primary_scale_starts_the_capsules_unsaturated():
+  # On MNIST-like input the official 1/32 keeps the initial primary capsules
+  # short; the paper's plain convolution (the default) starts them at length
+  # ~1, squash's flat end.
+  from capsjax.models import OFFICIAL_PRIMARY_CAPS_SCALE
+  images = jnp.zeros((4, 28, 28, 1)).at[:, 6:22, 12:16].set(1.0)
+  def primary_lengths(**kwargs):
+    model = CapsNet(use_decoder=False, **kwargs)
+    variables = model.init(jax.random.key(0), images)
+    _, state = model.apply(variables, images, capture_intermediates=True,
+                           mutable=["intermediates"])
+    return np.linalg.norm(state["intermediates"]["primary_caps"]["__call__"][0], axis=-1)
+  assert OFFICIAL_PRIMARY_CAPS_SCALE == 1 / 32
+  official = primary_lengths(primary_caps_scale=OFFICIAL_PRIMARY_CAPS_SCALE)
+  assert official.mean() < 0.5 < 0.9 < primary_lengths().mean()

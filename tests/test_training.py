@@ -220,6 +220,7 @@ def test_resume_in_halves_is_bitwise_identical(tmp_path):
     (dict(dataset="cifar"), "--dataset 'cifar' is unknown"),
     (dict(precision="fp16"), "--precision 'fp16' is unknown"),
     (dict(digit_caps_init=0.0), "--digit_caps_init must be > 0"),
+    (dict(primary_caps_scale=-1.0), "--primary_caps_scale must be > 0"),
 ])
 def test_bad_flags(tmp_path, overrides, match):
   with pytest.raises(ConfigError, match=match):

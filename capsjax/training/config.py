@@ -23,7 +23,7 @@ DATA_SOURCES = ("auto", "tfds", "idx", "bundled")
 IDENTITY_FIELDS = (
     "dataset", "routing_iters", "batch_size", "lr", "lr_decay_rate", "lr_decay_steps",
     "lr_min", "recon_weight", "seed", "precision", "stop_gradient_inner",
-    "digit_caps_init",
+    "digit_caps_init", "primary_caps_scale",
 )
 
 
@@ -58,6 +58,7 @@ class TrainConfig:
   eval_batch_size: int = 500
   stop_gradient_inner: bool = False
   digit_caps_init: float = DIGIT_CAPS_INIT
+  primary_caps_scale: float = 1.0
   distributed: bool = False
 
   HELP = {
@@ -86,7 +87,11 @@ class TrainConfig:
       "eval_batch_size": "batch size for evaluation",
       "stop_gradient_inner": "stop gradients through the inner routing iterations",
       "digit_caps_init": ("stddev of the initial DigitCaps weights W_ij (the official "
-                          "code's 0.1 stalls MultiMNIST with 3 routing iterations)"),
+                          "0.1 goes with --primary_caps_scale 0.03125; with the plain "
+                          "convolution it stalls MultiMNIST with 3 routing iterations)"),
+      "primary_caps_scale": ("factor on the PrimaryCaps convolution before its bias "
+                             "(1.0: the paper's plain convolution; the official code's "
+                             "is 0.03125 = 1/32, used with --digit_caps_init 0.1)"),
       "distributed": "call jax.distributed.initialize() first (multi-host runs)",
   }
 
@@ -142,6 +147,9 @@ class TrainConfig:
     need(self.recon_weight >= 0, "--recon_weight must be >= 0.")
     need(self.digit_caps_init > 0,
          f"--digit_caps_init must be > 0 (got {self.digit_caps_init}); try 0.1 or 0.01.")
+    need(self.primary_caps_scale > 0,
+         f"--primary_caps_scale must be > 0 (got {self.primary_caps_scale}); use 1.0 "
+         "(the paper) or 0.03125 (the official code).")
     need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
          "--checkpoint_every, --keep_checkpoints and --log_every must be >= 1.")
     need(self.eval_every >= 0, "--eval_every must be >= 0.")

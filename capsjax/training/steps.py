@@ -46,6 +46,7 @@ def make_model(config: TrainConfig) -> CapsNet:
       num_reconstructions=config.num_digits,
       stop_gradient_inner=config.stop_gradient_inner,
       digit_caps_init=config.digit_caps_init,
+      primary_caps_scale=config.primary_caps_scale,
       dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32)
 
 
