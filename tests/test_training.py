@@ -242,6 +242,21 @@ def test_workdir_of_another_configuration(tmp_path):
   assert (tmp_path / "run" / "config.json").read_text() == before
 
 
+def test_workdir_from_before_a_new_field_keeps_its_old_value(tmp_path):
+  # A config.json written before --digit_caps_init existed was trained with
+  # 0.1: it must load as that, so today's default (0.01) is refused instead of
+  # silently building another model.
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  old = json.loads(tiny_config(tmp_path).to_json())
+  del old["primary_caps_scale"], old["digit_caps_init"]
+  (workdir / "config.json").write_text(json.dumps(old))
+  loaded = TrainConfig.load(workdir / "config.json")
+  assert (loaded.primary_caps_scale, loaded.digit_caps_init) == (1.0, 0.1)
+  with pytest.raises(ConfigError, match=r"--digit_caps_init 0.1 -> 0.01"):
+    train_and_evaluate(tiny_config(tmp_path))
+
+
 def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
   train_and_evaluate(tiny_config(tmp_path, steps=2))
   ckpt = tmp_path / "run" / "checkpoints" / "2"

@@ -26,6 +26,11 @@ IDENTITY_FIELDS = (
     "digit_caps_init", "primary_caps_scale",
 )
 
+# What a config.json written before a field existed was trained with; used
+# when such a file lacks the field, so an old run resumes and evaluates as it
+# was trained, and a new default cannot silently change it.
+VALUES_BEFORE_THE_FIELD = {"digit_caps_init": 0.1, "primary_caps_scale": 1.0}
+
 
 class ConfigError(ValueError):
   """A bad setting; the message names the flag and the fix."""
@@ -169,7 +174,9 @@ class TrainConfig:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "TrainConfig":
-    return cls.from_dict(json.loads(pathlib.Path(path).read_text()))
+    """Reads a ``config.json``; fields it predates get the values of that time."""
+    return cls.from_dict({**VALUES_BEFORE_THE_FIELD,
+                          **json.loads(pathlib.Path(path).read_text())})
 
   def mismatches(self, other: "TrainConfig") -> list[str]:
     """The identity fields in which ``other`` differs, as ``--flag old -> new``."""
