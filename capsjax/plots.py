@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["plot_reconstructions", "plot_perturbations", "plot_curves", "PERTURBATIONS"]
@@ -94,8 +95,10 @@ def plot_curves(metrics_path, path) -> None:
   for key, name in lines:
     points = [(r["step"], 100 * r[key]) for r in test if key in r]
     if points:
-      ax_acc.plot(*zip(*points), marker="o", label=name)
+      ax_acc.plot(*zip(*points), marker="o", markersize=3 if len(points) > 50 else 6, label=name)
   ax_acc.set_xlabel("step")
+  for ax in (ax_loss, ax_acc):  # at most 5 step labels, which stay apart up to 7 digits
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
   ax_acc.set_ylabel("%")
   if test:
     ax_acc.legend()
