@@ -95,7 +95,7 @@ def plot_curves(metrics_path, path) -> None:
   for key, name in lines:
     points = [(r["step"], 100 * r[key]) for r in test if key in r]
     if points:
-      ax_acc.plot(*zip(*points), marker="o", markersize=3 if len(points) > 50 else 6, label=name)
+      ax_acc.plot(*zip(*points), marker="o", markersize=3 if len(points) > 50 else None, label=name)
   ax_acc.set_xlabel("step")
   for ax in (ax_loss, ax_acc):  # at most 5 step labels, which stay apart up to 7 digits
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
