@@ -85,7 +85,6 @@ def plot_curves(metrics_path, path) -> None:
   if train:
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
   ax_loss.set_yscale("log")
-  ax_loss.set_xlabel("step")
   ax_loss.set_ylabel("train loss")
   # One digit per image (MNIST): strict and per-digit accuracy are the same.
   two_digits = any(r.get("per_digit_accuracy", r["accuracy"]) != r["accuracy"] for r in test)
@@ -96,8 +95,8 @@ def plot_curves(metrics_path, path) -> None:
     points = [(r["step"], 100 * r[key]) for r in test if key in r]
     if points:
       ax_acc.plot(*zip(*points), marker="o", markersize=3 if len(points) > 50 else None, label=name)
-  ax_acc.set_xlabel("step")
   for ax in (ax_loss, ax_acc):  # at most 5 step labels, which stay apart up to 7 digits
+    ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
   ax_acc.set_ylabel("%")
   if test:
