@@ -8,7 +8,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from capsjax.data import MultiMNIST, ShiftedMNIST, load_mnist  # noqa: E402
+from capsjax.data import MultiMNIST, ShiftedImages, load_mnist  # noqa: E402
 
 
 def rate(make, batch_size, seconds):
@@ -27,10 +27,10 @@ def main():
   args = parser.parse_args()
   images, labels = load_mnist("train", source="bundled")
   multi = MultiMNIST(images, labels, seed=0)
-  single = ShiftedMNIST(images, labels, seed=0)
+  single = ShiftedImages(images, labels, seed=0)
   b = args.batch_size
   print(f"MultiMNIST   batch {b}: {rate(lambda s: multi.batch(s, b), b, args.seconds):,.0f} pairs/s")
-  print(f"ShiftedMNIST batch {b}: {rate(lambda s: single.batch(s, b), b, args.seconds):,.0f} images/s")
+  print(f"ShiftedImages batch {b}: {rate(lambda s: single.batch(s, b), b, args.seconds):,.0f} images/s")
 
 
 if __name__ == "__main__":

@@ -70,11 +70,11 @@ def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
   mesh = make_mesh()
   config.validate(mesh.size)
   model, tx = make_model(config).clone(conv_impl=conv_impl), make_optimizer(config)
-  step = make_train_step(model, tx, mesh, config.recon_weight)
-  state = jax.device_put(init_state(model, tx, size, 0),
+  step = make_train_step(model, tx, mesh, config)
+  state = jax.device_put(init_state(model, tx, config.data.image_shape, 0),
                          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   rng = np.random.default_rng(0)
-  k = config.num_digits
+  k = config.data.labels_per_example
   labels = np.stack([rng.permutation(10)[:k] for _ in range(batch_size)]).astype(np.int32)
   multi_hot = np.zeros((batch_size, 10), np.float32)
   np.put_along_axis(multi_hot, labels, 1.0, axis=1)

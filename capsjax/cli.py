@@ -1,5 +1,5 @@
 """Shared command-line plumbing for ``experiments/*.py``: flags from the config
-dataclass, logging, the persistent compilation cache, and one-line errors."""
+dataclass, presets, logging, the persistent compilation cache, and one-line errors."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,9 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
+from capsjax.presets import PRESETS
 from capsjax.training.config import TrainConfig
 
 
@@ -21,13 +22,28 @@ def _parse_bool(text: str) -> bool:
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:
-  """``--<field>`` for every :class:`TrainConfig` field, typed, with help."""
-  parser = argparse.ArgumentParser(description=description)
+  """``--config NAME`` and ``--<field>`` for every :class:`TrainConfig` field, typed, with help."""
+  parser = argparse.ArgumentParser(
+      description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default=None, choices=PRESETS.names(), metavar="NAME",
+                      help="a preset of capsjax.presets.PRESETS, whose fields the other "
+                           f"flags override: {', '.join(PRESETS.names())}")
   for field in dataclasses.fields(TrainConfig):
     kind = {"bool": _parse_bool, "int": int, "float": float, "str": str}[field.type]
     parser.add_argument(f"--{field.name}", type=kind, default=field.default,
-                        help=f"{TrainConfig.HELP[field.name]} (default: {field.default!r})")
+                        help=f"{field.metadata['help']} (default: {field.default!r})")
   return parser
+
+
+def parse_config(description: str, argv: Sequence[str] | None = None) -> TrainConfig:
+  """The :class:`TrainConfig` of the command line: defaults, then the preset, then flags."""
+  parser = config_parser(description)
+  preset, _ = parser.parse_known_args(argv)
+  if preset.config is not None:
+    parser.set_defaults(**PRESETS.get(preset.config).values)
+  values = vars(parser.parse_args(argv))
+  values.pop("config")
+  return TrainConfig(**values)
 
 
 def setup(cache_dir: str | None = None) -> None:
@@ -44,10 +60,10 @@ def setup(cache_dir: str | None = None) -> None:
 
 def run(main: Callable[[], int]) -> None:
   """Runs ``main``; expected failures become one line on stderr and exit code 2."""
-  from capsjax.data import MnistFileError  # pylint: disable=import-outside-toplevel
+  from capsjax.data import DataError  # pylint: disable=import-outside-toplevel
   from capsjax.training import CheckpointError, ConfigError, NonFiniteLossError  # pylint: disable=import-outside-toplevel
   try:
     sys.exit(main())
-  except (ConfigError, CheckpointError, NonFiniteLossError, MnistFileError) as e:
+  except (ConfigError, CheckpointError, NonFiniteLossError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -1,44 +1,49 @@
 """Pictures of the paper: reconstructions (Fig. 5), dimension perturbations (Fig. 4),
-and training curves. Inputs are NumPy arrays; output is a PNG file."""
+and training curves. Inputs are NumPy arrays; output is a PNG file.
+
+Drawn on :class:`matplotlib.figure.Figure` objects, without pyplot, so neither
+importing nor calling this module changes the user's matplotlib backend.
+Each function returns its figure.
+"""
 from __future__ import annotations
 
 import json
 import pathlib
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["plot_reconstructions", "plot_perturbations", "plot_curves", "PERTURBATIONS"]
 
 PERTURBATIONS = np.round(np.arange(-0.25, 0.2501, 0.05), 2)  # 11 values, as in Fig. 4
-_COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 0.9, 0.2]])      # digit 1 red, digit 2 green
+_COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 0.9, 0.2]])      # object 1 red, object 2 green
 
 
 def _rgb(parts: np.ndarray) -> np.ndarray:
-  """``(K, H, W)`` grey images -> one RGB image, digit k in colour k (grey if K = 1)."""
+  """``(K, H, W, C)`` images -> one RGB image; K grey images: object k in colour k."""
+  if parts.shape[-1] == 3:
+    return np.clip(parts.sum(axis=0), 0, 1)
   if parts.shape[0] == 1:
-    return np.repeat(parts[0][..., None], 3, axis=-1)
-  rgb = np.einsum("khw,kc->hwc", parts, _COLOURS[:parts.shape[0]])
+    return np.repeat(parts[0], 3, axis=-1)
+  rgb = np.einsum("khw,kc->hwc", parts[..., 0], _COLOURS[:parts.shape[0]])
   return np.clip(rgb, 0, 1)
 
 
-def plot_reconstructions(path, images, labels, recon_true, predicted, recon_pred) -> None:
+def plot_reconstructions(path, images, labels, recon_true, predicted, recon_pred) -> Figure:
   """Rows: input; reconstruction from the true labels; from the predicted ones.
 
   Args:
-    images: ``(N, H, W, 1)``.
+    images: ``(N, H, W, C)``.
     labels, predicted: ``(N, K)`` int.
-    recon_true, recon_pred: ``(N, K, H, W, 1)``.
+    recon_true, recon_pred: ``(N, K, H, W, C)``.
   """
   n = images.shape[0]
-  fig, axes = plt.subplots(3, n, figsize=(1.2 * n, 4.0), squeeze=False)
-  rows = [("input", lambda i: np.repeat(images[i], 3, -1), labels),
-          ("R: true labels", lambda i: _rgb(recon_true[i, ..., 0]), labels),
-          ("R: predicted", lambda i: _rgb(recon_pred[i, ..., 0]), predicted)]
+  fig = Figure(figsize=(1.2 * n, 4.0))
+  axes = fig.subplots(3, n, squeeze=False)
+  rows = [("input", lambda i: _rgb(images[i][None]), labels),
+          ("R: true labels", lambda i: _rgb(recon_true[i]), labels),
+          ("R: predicted", lambda i: _rgb(recon_pred[i]), predicted)]
   for r, (name, picture, tags) in enumerate(rows):
     for i in range(n):
       ax = axes[r, i]
@@ -49,21 +54,24 @@ def plot_reconstructions(path, images, labels, recon_true, predicted, recon_pred
     axes[r, 0].set_ylabel(name, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
+  return fig
 
 
-def plot_perturbations(path, grid: np.ndarray, label: int) -> None:
-  """``grid (16, len(PERTURBATIONS), H, W)``: dimension d of the capsule of ``label``
-  shifted by each perturbation, then decoded. Drawn as one montage (one image,
-  not 176 axes: a small PNG)."""
-  dims, steps, h, w = grid.shape
+def plot_perturbations(path, grid: np.ndarray, label: int) -> Figure:
+  """``grid (dims, len(PERTURBATIONS), H, W[, C])``: dimension d of the capsule of
+  ``label`` shifted by each perturbation, then decoded. Drawn as one montage
+  (one image, not 176 axes: a small PNG)."""
+  if grid.ndim == 4:
+    grid = grid[..., None]
+  dims, steps, h, w, c = grid.shape
   gap = 2
-  montage = np.ones((dims * (h + gap) - gap, steps * (w + gap) - gap), np.float32)
+  montage = np.ones((dims * (h + gap) - gap, steps * (w + gap) - gap, c), np.float32)
   for d in range(dims):
     for s in range(steps):
       montage[d * (h + gap):d * (h + gap) + h, s * (w + gap):s * (w + gap) + w] = grid[d, s]
-  fig, ax = plt.subplots(figsize=(0.42 * steps + 0.6, 0.42 * dims + 0.5))
-  ax.imshow(montage, cmap="gray", vmin=0, vmax=1)
+  fig = Figure(figsize=(0.42 * steps + 0.6, 0.42 * dims + 0.5))
+  ax = fig.subplots()
+  ax.imshow(montage[..., 0] if c == 1 else np.clip(montage, 0, 1), cmap="gray", vmin=0, vmax=1)
   ax.set_xticks([s * (w + gap) + w / 2 for s in range(steps)],
                 [f"{x:+.2f}" for x in PERTURBATIONS[:steps]], fontsize=5, rotation=90)
   ax.set_yticks([d * (h + gap) + h / 2 for d in range(dims)], [str(d) for d in range(dims)],
@@ -72,21 +80,22 @@ def plot_perturbations(path, grid: np.ndarray, label: int) -> None:
   ax.set_title(f"class {label}: row d adds the column's value to dimension d", fontsize=7)
   fig.tight_layout(pad=0.2)
   fig.savefig(path, dpi=80)
-  plt.close(fig)
+  return fig
 
 
-def plot_curves(metrics_path, path) -> None:
+def plot_curves(metrics_path, path) -> Figure:
   """Training loss and test accuracy against step, from ``metrics.jsonl``."""
   train, test = [], []
   for line in pathlib.Path(metrics_path).read_text().splitlines():
     record = json.loads(line)
     (train if record.get("split") == "train" else test).append(record)
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+  fig = Figure(figsize=(9, 3.2))
+  ax_loss, ax_acc = fig.subplots(1, 2)
   if train:
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
   ax_loss.set_yscale("log")
   ax_loss.set_ylabel("train loss")
-  # One digit per image (MNIST): strict and per-digit accuracy are the same.
+  # One label per image (MNIST): strict and per-digit accuracy are the same.
   two_digits = any(r.get("per_digit_accuracy", r["accuracy"]) != r["accuracy"] for r in test)
   lines = [("accuracy", "test accuracy (strict)" if two_digits else "test accuracy")]
   if two_digits:
@@ -104,4 +113,4 @@ def plot_curves(metrics_path, path) -> None:
   ax_acc.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
+  return fig

@@ -1,6 +1,7 @@
-"""Train a CapsNet (Sabour et al., 2017) on MultiMNIST or MNIST.
+"""Train a capsule network; by default CapsNet (Sabour et al., 2017) on MultiMNIST.
 
   python experiments/train.py --routing_iters 3
+  python experiments/train.py --config quickstart
   python experiments/train.py --dataset mnist --epochs 1
 
 Rerunning the same command in the same --workdir resumes exactly. Ctrl-C (or
@@ -12,12 +13,12 @@ import signal
 from capsjax import cli
 
 
-def main() -> int:
-  config = cli.config_parser(__doc__).parse_args()
+def main(argv=None) -> int:
+  config = cli.parse_config(__doc__, argv)
   cli.setup()
-  from capsjax.training import TrainConfig, train_and_evaluate  # after setup: JAX config
+  from capsjax.training import train_and_evaluate  # after setup: JAX config
 
-  summary = train_and_evaluate(TrainConfig(**vars(config)))
+  summary = train_and_evaluate(config)
   if "interrupted" in summary:
     print(f"interrupted by {summary['interrupted']} at step {summary['step']}; checkpoint "
           f"saved in {summary['workdir']}. Rerun the same command to resume.")

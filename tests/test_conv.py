@@ -8,8 +8,8 @@ from capsjax.conv import conv2d, default_conv_impl
 
 
 @pytest.mark.parametrize("shape,kernel,stride", [
-    ((2, 20, 20, 16), (9, 9, 16, 24), 2),   # PrimaryCaps-like
-    ((2, 28, 28, 1), (9, 9, 1, 8), 1),      # Conv1-like
+    pytest.param((2, 20, 20, 16), (9, 9, 16, 24), 2, marks=pytest.mark.slow),  # PrimaryCaps-like
+    pytest.param((2, 28, 28, 1), (9, 9, 1, 8), 1, marks=pytest.mark.slow),     # Conv1-like
     ((3, 11, 13, 4), (3, 5, 4, 6), 3),      # odd sizes
 ])
 def test_im2col_equals_xla_conv(shape, kernel, stride):

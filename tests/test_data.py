@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from capsjax.data import MNISTTest, MnistFileError, MultiMNIST, ShiftedMNIST, load_mnist, read_idx
+from capsjax.data import (
+    ClassificationTest, DataError, MnistFileError, MultiMNIST, ShiftedImages, get_dataset,
+    load_idx_dataset, load_mnist, prefetch)
 from capsjax.data import mnist as mnist_lib
-from capsjax.data.multimnist import prefetch
 
 
 # ----------------------------------------------------------------------------
@@ -115,8 +116,14 @@ def test_tfds_prepared_dataset_via_mock(caplog):
     np.testing.assert_array_equal(images[3], np.asarray(ref[3]["image"])[..., 0])
 
 
-def test_tfds_download_manager_path(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_tfds_download_manager_path(tmp_path, monkeypatch, caplog, name):
   """Not prepared, online: tfds' download manager fetches, the IDX reader parses."""
+  # A dangling link left where the IDX names are linked (a deleted download)
+  # is replaced, not a FileExistsError.
+  idx_dir = tmp_path / "tfds" / "downloads" / f"capsjax_{name}_idx"
+  idx_dir.mkdir(parents=True)
+  (idx_dir / "t10k-images-idx3-ubyte.gz").symlink_to(tmp_path / "deleted")
   raw = tmp_path / "served"
   raw.mkdir()
   write_split_dir(raw)
@@ -138,21 +145,22 @@ def test_tfds_download_manager_path(tmp_path, monkeypatch, caplog):
         out[name] = dest
       return out
 
-  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda split, data_dir: None)
-  monkeypatch.setattr(mnist_lib, "_online", lambda: True)
+  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda name, split, data_dir: None)
+  monkeypatch.setattr(mnist_lib, "_online", lambda url=None: True)
   monkeypatch.setattr(tfds.download, "DownloadManager", FakeDownloadManager)
   with caplog.at_level(logging.INFO, logger="capsjax"):
-    images, labels = load_mnist("test", source="auto", tfds_data_dir=str(tmp_path / "tfds"))
+    images, labels = load_idx_dataset(name, "test", source="auto",
+                                      tfds_data_dir=str(tmp_path / "tfds"))
   np.testing.assert_array_equal(images, fake_split(20, seed=20)[0])
-  assert calls["dataset_name"] == "mnist" and calls["checks"]
+  assert calls["dataset_name"] == name and calls["checks"]
   assert set(calls["urls"]) <= set(calls["registered"])  # tfds' registered checksums
   assert any("download manager" in r.message for r in caplog.records)
 
 
 def test_auto_offline_falls_back_to_bundled_quickly(monkeypatch, caplog):
   mnist_lib.SPLITS["test"] = ("t10k", 10_000)
-  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda split, data_dir: None)
-  monkeypatch.setattr(mnist_lib, "_online", lambda: False)
+  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda name, split, data_dir: None)
+  monkeypatch.setattr(mnist_lib, "_online", lambda url=None: False)
   with caplog.at_level(logging.INFO, logger="capsjax"):
     images, _ = load_mnist("test")
   assert images.shape == (10_000, 28, 28)
@@ -168,10 +176,63 @@ def test_online_probe_is_bounded():
 
 
 def test_tfds_only_offline_is_a_clear_error(monkeypatch):
-  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda split, data_dir: None)
-  monkeypatch.setattr(mnist_lib, "_online", lambda: False)
-  with pytest.raises(RuntimeError, match="bundled"):
+  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda name, split, data_dir: None)
+  monkeypatch.setattr(mnist_lib, "_online", lambda url=None: False)
+  with pytest.raises(DataError, match="bundled"):
     load_mnist("train", source="tfds")
+
+
+def test_fashion_mnist_has_no_bundled_copy_and_says_how_to_get_it(monkeypatch):
+  with pytest.raises(DataError, match="bundles no copy of fashion_mnist; use --data_source auto"):
+    load_idx_dataset("fashion_mnist", "train", source="bundled")
+  monkeypatch.setattr(mnist_lib, "_tfds_prepared", lambda name, split, data_dir: None)
+  monkeypatch.setattr(mnist_lib, "_online", lambda url=None: False)
+  with pytest.raises(DataError, match="no prepared fashion_mnist.*--mnist_dir"):
+    load_idx_dataset("fashion_mnist", "train")
+
+
+# ----------------------------------------------------------------------------
+# Any prepared tfds image dataset: tfds:NAME.
+
+def test_tfds_image_dataset_via_mock():
+  with tfds.testing.mock_data(num_examples=24):
+    spec = get_dataset("tfds:cifar10")
+    assert (spec.image_shape, spec.num_classes, spec.labels_per_example) == ((32, 32, 3), 10, 1)
+
+    class Config:
+      seed, test_subset = 0, 0
+    train, test = spec.build(Config)
+    reference = tfds.data_source("cifar10", split="train")
+    assert len(train) == 24 and len(test) == 24
+    batch = train.batch(0, 8)
+    assert batch["image"].shape == (8, 32, 32, 3) and batch["multi_hot"].shape == (8, 10)
+    # Unshifted test images are the dataset's own pixels, scaled to [0, 1].
+    first = next(test.batches(4))
+    reference_test = tfds.data_source("cifar10", split="test")
+    np.testing.assert_allclose(first["image"][2] * 255, np.asarray(reference_test[2]["image"]),
+                               atol=1e-3)
+    assert first["labels"][2, 0] == int(reference_test[2]["label"])
+    assert set(np.unique(train.labels)) <= set(range(10))
+    assert train.images.shape == (24, 32, 32, 3)
+    np.testing.assert_array_equal(train.images[5], np.asarray(reference[5]["image"]))
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path, monkeypatch):
+  from capsjax.data import tfds_images
+  with pytest.raises(DataError, match=r"'cifar10' split 'train' is not prepared .*"
+                     r"`tfds build cifar10`.*TFDS_DATA_DIR"):
+    tfds_images.tfds_info("cifar10", data_dir=str(tmp_path))
+
+
+def test_multimnist_test_subset_missing_a_class_is_a_data_error():
+  from capsjax.data.registry import DATASETS
+
+  class Config:
+    data_source, mnist_dir, seed, test_subset, test_pairs_per_digit = "bundled", "", 0, 5, 1
+  mnist_lib.SPLITS["train"] = ("train", 60_000)
+  mnist_lib.SPLITS["test"] = ("t10k", 10_000)
+  with pytest.raises(DataError, match=r"--test_subset 5: .*none of class .*Use a larger"):
+    DATASETS["multimnist"].build(Config)
 
 
 def test_bad_arguments():
@@ -252,6 +313,7 @@ def test_multimnist_determinism_and_host_slices(split):
     np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), a[key])
 
 
+@pytest.mark.slow
 def test_multimnist_epochs_visit_every_digit_first(split):
   images, labels = split
   data = MultiMNIST(images, labels, seed=0)
@@ -290,7 +352,7 @@ def test_multimnist_test_set_fixed(split):
 
 def test_shifted_mnist(split):
   images, labels = split
-  data = ShiftedMNIST(images, labels, seed=0)
+  data = ShiftedImages(images, labels, seed=0)
   batch = data.batch(0, 40)
   assert batch["image"].shape == (40, 28, 28, 1)
   assert batch["labels"].shape == (40, 1)
@@ -308,11 +370,11 @@ def test_shifted_mnist(split):
     assert matches
     seen.add(matches[0])
   assert len(seen) > 5
-  np.testing.assert_array_equal(data.batch(3, 40)["image"], ShiftedMNIST(*split, seed=0).batch(3, 40)["image"])
+  np.testing.assert_array_equal(data.batch(3, 40)["image"], ShiftedImages(*split, seed=0).batch(3, 40)["image"])
 
 
 def test_mnist_test_batches(split):
-  test = MNISTTest(*split)
+  test = ClassificationTest(*split)
   batches = list(test.batches(64))
   assert sum(len(b["labels"]) for b in batches) == 200
   np.testing.assert_array_equal(batches[0]["labels"][:, 0], split[1][:64])

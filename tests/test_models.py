@@ -52,7 +52,7 @@ def test_reconstruction_uses_only_the_masked_capsule(small_run):
   out = model.apply({"params": params}, images, labels)
   np.testing.assert_array_equal(out.masked_labels, labels)
   dec = {"params": params["decoder"]}
-  from capsjax.models import Decoder
+  from capsjax.layers import Decoder
   for b in range(3):
     for k in range(2):
       masked = np.zeros((10, 16), np.float32)
@@ -107,7 +107,7 @@ def test_primary_caps_are_a_squashed_scaled_convolution():
   # u = squash(scale * conv(x, W) + b), capsules grouped (type, dim) along the
   # channels; scale 1 is the paper's, 1/32 the official code's. Reference:
   # the convolution and squash (Eq. 1) in NumPy.
-  from capsjax.models import PrimaryCaps
+  from capsjax.layers import PrimaryCaps
   x = np.asarray(jax.random.uniform(jax.random.key(0), (2, 13, 13, 3)))
   layer = PrimaryCaps(num_types=4, caps_dim=5, kernel_size=5, stride=2)
   params = layer.init(jax.random.key(1), jnp.asarray(x))["params"]
@@ -127,7 +127,7 @@ def test_official_primary_scale_starts_the_capsules_unsaturated():
   # On MNIST-like input the official 1/32 keeps the initial primary capsules
   # short; the paper's plain convolution (the default) starts them at length
   # ~1, squash's flat end.
-  from capsjax.models import OFFICIAL_PRIMARY_CAPS_SCALE
+  from capsjax.layers import OFFICIAL_PRIMARY_CAPS_SCALE
   images = jnp.zeros((4, 28, 28, 1)).at[:, 6:22, 12:16].set(1.0)
   def primary_lengths(**kwargs):
     model = CapsNet(use_decoder=False, **kwargs)

@@ -1,5 +1,4 @@
 """Training: data-parallel equivalence, learning, metrics, exact resume, bad input."""
-import dataclasses
 import json
 import os
 import pathlib
@@ -14,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from capsjax.data import ShiftedMNIST, load_mnist
+from capsjax.data import ShiftedImages, load_mnist
 from capsjax.metrics import per_digit_correct, strict_correct
 from capsjax.training import (
     CheckpointError, Checkpointer, ConfigError, NonFiniteLossError, TrainConfig, init_state,
@@ -26,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def mnist_batch():
   images, labels = load_mnist("test", source="bundled")
-  return ShiftedMNIST(images[:256], labels[:256], seed=0).batch(0, 16)
+  return ShiftedImages(images[:256], labels[:256], seed=0).batch(0, 16)
 
 
 def tiny_config(tmp_path, **overrides):
@@ -49,6 +48,7 @@ def test_metrics_on_hand_made_lengths():
   np.testing.assert_array_equal(strict_correct(lengths, jnp.array([[0], [2], [3]])), [1, 0, 1])
 
 
+@pytest.mark.slow
 def test_eight_device_step_equals_one_device_step(tmp_path, mnist_batch):
   assert jax.device_count() == 8, "conftest.py sets 8 host devices"
   config = tiny_config(tmp_path)
@@ -59,18 +59,18 @@ def test_eight_device_step_equals_one_device_step(tmp_path, mnist_batch):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = make_mesh(devices)
-    step = make_train_step(model, tx, mesh, config.recon_weight)
-    state = init_state(model, tx, 28, seed=0)
+    step = make_train_step(model, tx, mesh, config)
+    state = init_state(model, tx, (28, 28, 1), seed=0)
     for _ in range(2):
       state, metrics = step(state, shard_batch(mnist_batch, mesh))
     results.append((jax.device_get(state.params), float(metrics["loss"])))
   # Reference: plain jax.grad of the global-batch loss, no mesh at all.
   from capsjax.training import loss_fn
-  params = init_state(model, tx, 28, seed=0).params
+  params = init_state(model, tx, (28, 28, 1), seed=0).params
   opt_state = tx.init(params)
   batch = jax.tree.map(jnp.asarray, mnist_batch)
   for _ in range(2):
-    grads, ref_metrics = jax.grad(loss_fn, has_aux=True)(params, model, batch, config.recon_weight)
+    grads, (ref_metrics, _) = jax.grad(loss_fn, has_aux=True)(params, {}, model, batch, config)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
   results.append((params, float(ref_metrics["loss"])))
@@ -87,8 +87,8 @@ def fit_fixed_batch(config, batch, steps=25):
   """Trains on one batch; returns the final state, the losses and the last metrics."""
   model, tx = make_model(config), make_optimizer(config)
   mesh = make_mesh()
-  step = make_train_step(model, tx, mesh, config.recon_weight)
-  state = init_state(model, tx, 28, seed=0)
+  step = make_train_step(model, tx, mesh, config)
+  state = init_state(model, tx, (28, 28, 1), seed=0)
   batch = shard_batch(batch, mesh)
   losses = []
   for _ in range(steps):
@@ -97,6 +97,7 @@ def fit_fixed_batch(config, batch, steps=25):
   return state, losses, metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_loss_goes_down_on_a_fixed_batch(tmp_path, mnist_batch, precision):
   config = tiny_config(tmp_path, precision=precision)
@@ -133,10 +134,11 @@ def final_params(workdir):
   config = TrainConfig.load(workdir / "config.json")
   model, tx = make_model(config), make_optimizer(config)
   checkpoints = Checkpointer(workdir / "checkpoints")
-  state = checkpoints.restore(init_state(model, tx, 28, config.seed))
+  state = checkpoints.restore(init_state(model, tx, config.data.image_shape, config.seed))
   return int(state.step), jax.device_get(state.params)
 
 
+@pytest.mark.slow
 def test_exact_resume_after_kill(tmp_path):
   common = ["--dataset", "mnist", "--batch_size", "8", "--steps", "24", "--log_every", "1",
             "--checkpoint_every", "3", "--eval_every", "0", "--test_subset", "40",
@@ -176,18 +178,19 @@ def test_exact_resume_after_kill(tmp_path):
     np.testing.assert_array_equal(a, b)  # bitwise
 
 
+@pytest.mark.slow
 def test_signal_during_logging_still_saves_before_stopping(tmp_path, monkeypatch):
   # SIGTERM while the host waits on the device for a log record (step 3, not a
   # checkpoint step) once ended the loop with no checkpoint of that step.
   from capsjax.training import loop
-  write = loop._MetricsLog.write
+  write = loop.RunLog.write
 
   def write_and_signal(self, record):
     write(self, record)
     if record["step"] == 3 and record["split"] == "train":
       os.kill(os.getpid(), signal.SIGTERM)
 
-  monkeypatch.setattr(loop._MetricsLog, "write", write_and_signal)
+  monkeypatch.setattr(loop.RunLog, "write", write_and_signal)
   config = tiny_config(tmp_path, steps=8, checkpoint_every=100)
   summary = train_and_evaluate(config)
   assert summary["interrupted"] == "SIGTERM"
@@ -195,6 +198,7 @@ def test_signal_during_logging_still_saves_before_stopping(tmp_path, monkeypatch
   assert Checkpointer(config.run_dir / "checkpoints").latest_step() == summary["step"]
 
 
+@pytest.mark.slow
 def test_resume_in_halves_is_bitwise_identical(tmp_path):
   full = train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "full"), steps=6))
   train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "half"), steps=3))
@@ -204,7 +208,8 @@ def test_resume_in_halves_is_bitwise_identical(tmp_path):
   _, pb = final_params(tmp_path / "half")
   for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(a, b)
-  records = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line)
+             for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
   assert {r["split"] for r in records} == {"train", "test"}
   for name in ("reconstructions.png", "perturbations.png", "curves.png"):
     assert (tmp_path / "full" / name).stat().st_size > 1000
@@ -234,6 +239,7 @@ def test_unwritable_workdir(tmp_path):
     train_and_evaluate(tiny_config(tmp_path, workdir=str(tmp_path / "file" / "run")))
 
 
+@pytest.mark.slow
 def test_workdir_of_another_configuration(tmp_path):
   train_and_evaluate(tiny_config(tmp_path, steps=2))
   before = (tmp_path / "run" / "config.json").read_text()
@@ -257,6 +263,7 @@ def test_workdir_from_before_a_new_field_keeps_its_old_value(tmp_path):
     train_and_evaluate(tiny_config(tmp_path))
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
   train_and_evaluate(tiny_config(tmp_path, steps=2))
   ckpt = tmp_path / "run" / "checkpoints" / "2"
@@ -270,6 +277,7 @@ def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
   assert {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == snapshot
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(NonFiniteLossError, match=r"at step \d+") as info:
     train_and_evaluate(tiny_config(tmp_path, steps=20, lr=1e30, checkpoint_every=1))
@@ -278,7 +286,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert f"step {good}" in str(info.value)
     config = tiny_config(tmp_path)
     model, tx = make_model(config), make_optimizer(config)
-    state = Checkpointer(tmp_path / "run" / "checkpoints").restore(init_state(model, tx, 28, 0))
+    state = Checkpointer(tmp_path / "run" / "checkpoints").restore(init_state(model, tx, (28, 28, 1), 0))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
@@ -290,6 +298,7 @@ def test_cli_errors_are_one_line(tmp_path):
       "error: --routing_iters must be >= 1 (got 0); the paper uses 3."]
 
 
+@pytest.mark.slow
 def test_multimnist_loss_reconstructs_both_digits():
   from capsjax.data import MultiMNIST
   from capsjax.training import loss_fn
@@ -297,8 +306,8 @@ def test_multimnist_loss_reconstructs_both_digits():
   batch = MultiMNIST(images[:100], labels[:100], seed=0).batch(0, 4)
   config = TrainConfig(dataset="multimnist")
   model = make_model(config)
-  params = init_state(model, make_optimizer(config), 36, seed=0).params
-  loss, metrics = loss_fn(params, model, jax.tree.map(jnp.asarray, batch), 0.0005)
+  params = init_state(model, make_optimizer(config), (36, 36, 1), seed=0).params
+  loss, (metrics, _) = loss_fn(params, {}, model, jax.tree.map(jnp.asarray, batch), config)
   out = model.apply({"params": params}, batch["image"], batch["labels"])
   lengths, recon = np.asarray(out.lengths, np.float64), np.asarray(out.reconstructions, np.float64)
   t = batch["multi_hot"]
@@ -309,9 +318,61 @@ def test_multimnist_loss_reconstructs_both_digits():
   np.testing.assert_allclose(float(metrics["recon_loss"]), np.mean(sse), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_multimnist_run_end_to_end(tmp_path):
   summary = train_and_evaluate(tiny_config(
       tmp_path, dataset="multimnist", steps=2, test_subset=100, test_pairs_per_digit=1))
   assert summary["test_examples"] == 100  # one pair per test digit
   assert 0 <= summary["accuracy"] <= summary["per_digit_accuracy"] <= 1
   assert (tmp_path / "run" / "reconstructions.png").exists()
+
+
+# ----------------------------------------------------------------------------
+# Logs people look at.
+
+def read_tensorboard(directory):
+  """``{tag: [(step, value or image bytes)]}`` from tensorboardX event files, parsed
+  by their record format (length, CRC, event proto, CRC)."""
+  from tensorboardX.proto import event_pb2
+  tags = {}
+  for path in pathlib.Path(directory).glob("events.out.tfevents.*"):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      length = int.from_bytes(data[offset:offset + 8], "little")
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        payload = value.image.encoded_image_string if value.HasField("image") else value.simple_value
+        tags.setdefault(value.tag, []).append((event.step, payload))
+  return tags
+
+
+@pytest.mark.slow
+def test_tensorboard_log_has_the_scalars_and_the_reconstructions(tmp_path):
+  pytest.importorskip("tensorboardX")
+  summary = train_and_evaluate(tiny_config(tmp_path, steps=2, tensorboard=True))
+  tags = read_tensorboard(tmp_path / "run" / "tensorboard")
+  jsonl = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  train_loss = [(r["step"], r["loss"]) for r in jsonl if r["split"] == "train"]
+  assert [s for s, _ in tags["train/loss"]] == [s for s, _ in train_loss] == [1, 2]
+  np.testing.assert_allclose([v for _, v in tags["train/loss"]], [v for _, v in train_loss],
+                             rtol=1e-6)
+  assert tags["test/accuracy"][0] == (2, pytest.approx(summary["accuracy"]))
+  (step, png), = tags["reconstructions"]
+  assert step == 2 and png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_importing_and_plotting_leave_matplotlibs_backend_alone(tmp_path):
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text(json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
+  code = (
+      "import sys, capsjax, capsjax.training, capsjax.cli\n"
+      "print('matplotlib' in sys.modules)\n"
+      "from capsjax import plots\n"
+      f"plots.plot_curves({str(metrics)!r}, {str(tmp_path / 'c.png')!r})\n"
+      "print('matplotlib.pyplot' in sys.modules)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ["False", "False"]
+  assert (tmp_path / "c.png").stat().st_size > 1000

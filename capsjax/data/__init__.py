@@ -1,6 +1,21 @@
-"""Data: MNIST sources and the MultiMNIST generator (plain NumPy, no JAX)."""
-from capsjax.data.mnist import MnistFileError, load_mnist, read_idx
-from capsjax.data.multimnist import MNISTTest, MultiMNIST, ShiftedMNIST, prefetch
+"""Data, in plain NumPy (nothing here imports JAX).
 
-__all__ = ["MnistFileError", "MNISTTest", "MultiMNIST", "ShiftedMNIST", "load_mnist",
-           "prefetch", "read_idx"]
+  registry.py     DATASETS: named dataset specs and their builders; tfds:NAME
+  mnist.py        MNIST / Fashion-MNIST from tfds, IDX files, or the bundled copy
+  tfds_images.py  any prepared tfds image-classification dataset
+  multimnist.py   the paper's MultiMNIST pairs
+  shifted.py      single-label datasets: shifted training examples, test split
+  images.py       the batch layout and image helpers
+  random.py       counter-based randomness and epoch order
+  pipeline.py     prefetching, padding, per-process rows
+"""
+from capsjax.data.errors import DataError, MnistFileError
+from capsjax.data.mnist import load_idx_dataset, load_mnist, read_idx
+from capsjax.data.multimnist import MultiMNIST, MultiMNISTTest
+from capsjax.data.pipeline import local_rows, padded, prefetch
+from capsjax.data.registry import DATASETS, DatasetSpec, get_dataset
+from capsjax.data.shifted import ClassificationTest, ShiftedImages
+
+__all__ = ["DATASETS", "ClassificationTest", "DataError", "DatasetSpec", "MnistFileError",
+           "MultiMNIST", "MultiMNISTTest", "ShiftedImages", "get_dataset", "load_idx_dataset",
+           "load_mnist", "local_rows", "padded", "prefetch", "read_idx"]

@@ -1,16 +1,17 @@
-"""MNIST from tensorflow-datasets, from IDX files, or from the bundled copy.
+"""MNIST and Fashion-MNIST from tensorflow-datasets, from IDX files, or (MNIST) bundled.
 
 Plain NumPy; nothing here imports JAX, and tensorflow-datasets is used without
 TensorFlow:
 
-* a *prepared* TFDS MNIST is read with ``tfds.data_source``;
+* a *prepared* TFDS dataset is read with ``tfds.data_source``;
 * otherwise tfds' own download manager fetches the four raw files (verifying
   tfds' registered checksums) and they are parsed with the IDX reader here,
   because *preparing* the TFDS dataset would import TensorFlow;
-* offline, the copy bundled in the package is used.
+* offline, MNIST comes from the copy bundled in the package.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import logging
@@ -21,19 +22,34 @@ import urllib.request
 
 import numpy as np
 
-__all__ = ["load_mnist", "read_idx", "MnistFileError", "SOURCES", "BUNDLED_DIR"]
+from capsjax.data.errors import DataError, MnistFileError
+
+__all__ = ["load_mnist", "load_idx_dataset", "read_idx", "IDX_DATASETS", "SOURCES",
+           "BUNDLED_DIR"]
 
 log = logging.getLogger("capsjax")
 
 SOURCES = ("auto", "tfds", "idx", "bundled")
 SPLITS = {"train": ("train", 60_000), "test": ("t10k", 10_000)}
 BUNDLED_DIR = pathlib.Path(__file__).parent / "mnist_files"
-TFDS_MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 _IDX_UBYTE = 0x08
 
 
-class MnistFileError(ValueError):
-  """A missing, truncated or corrupt MNIST file (the message names it)."""
+@dataclasses.dataclass(frozen=True)
+class IdxDataset:
+  """A dataset of four IDX files that tfds knows by ``name``."""
+  name: str
+  url: str                              # the directory tfds downloads the files from
+  bundled: pathlib.Path | None = None   # a copy in the package, if any
+
+
+IDX_DATASETS = {
+    "mnist": IdxDataset("mnist", "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                        BUNDLED_DIR),
+    "fashion_mnist": IdxDataset(
+        "fashion_mnist", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+}
+TFDS_MNIST_URL = IDX_DATASETS["mnist"].url
 
 
 # ----------------------------------------------------------------------------
@@ -127,12 +143,13 @@ def _verify_bundled() -> None:
 # tensorflow-datasets.
 
 
-def _tfds_prepared(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray] | None:
-  """Reads a prepared TFDS MNIST with ``tfds.data_source``; None if not prepared."""
+def _tfds_prepared(name: str, split: str,
+                   data_dir: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+  """Reads a prepared TFDS dataset with ``tfds.data_source``; None if not prepared."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   try:
-    source = tfds.data_source("mnist", split=split, data_dir=data_dir, download=False)
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # noqa: BLE001 - tfds raises several types for "not prepared"
     log.debug("tfds data_source unavailable: %s", e)
     return None
@@ -167,33 +184,103 @@ def _online(url: str = TFDS_MNIST_URL, timeout: float = 3.0) -> bool:
   return reachable.is_set()
 
 
-def _tfds_download(download_dir: str | None) -> pathlib.Path:
+def _tfds_download(dataset: IdxDataset, download_dir: str | None) -> pathlib.Path:
   """Fetches the four raw files with tfds' download manager, checksums verified."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from tensorflow_datasets.core.download import checksums  # pylint: disable=import-outside-toplevel
 
   url_infos = checksums.load_url_infos(
-      tfds.core.utils.tfds_path() / "url_checksums" / "mnist.txt")
+      tfds.core.utils.tfds_path() / "url_checksums" / f"{dataset.name}.txt")
   if download_dir is None:
     data_dir = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
     download_dir = os.path.join(data_dir, "downloads")
   manager = tfds.download.DownloadManager(
-      download_dir=download_dir, url_infos=url_infos, dataset_name="mnist",
+      download_dir=download_dir, url_infos=url_infos, dataset_name=dataset.name,
       force_checksums_validation=True)
   names = [f"{p}-{k}-idx{d}-ubyte.gz" for p in ("train", "t10k")
            for k, d in (("images", 3), ("labels", 1))]
-  paths = manager.download({name: TFDS_MNIST_URL + name for name in names})
+  paths = manager.download({name: dataset.url + name for name in names})
   # tfds stores downloads under hashed names; link them under the IDX names.
-  idx_dir = pathlib.Path(download_dir) / "capsjax_mnist_idx"
+  idx_dir = pathlib.Path(download_dir) / f"capsjax_{dataset.name}_idx"
   idx_dir.mkdir(parents=True, exist_ok=True)
   for name, path in paths.items():
     link = idx_dir / name
-    if not link.exists():
-      link.symlink_to(pathlib.Path(path).resolve())
+    target = pathlib.Path(path).resolve()
+    if link.is_symlink() and link.resolve() != target:
+      link.unlink()  # dangling or stale: exists() is False for a dangling link
+    if not link.is_symlink() and not link.exists():
+      link.symlink_to(target)
   return idx_dir
 
 
 # ----------------------------------------------------------------------------
+
+
+def load_idx_dataset(
+    name: str,
+    split: str,
+    source: str = "auto",
+    directory: str | os.PathLike | None = None,
+    *,
+    tfds_data_dir: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Loads one split of an IDX dataset (``"mnist"`` or ``"fashion_mnist"``).
+
+  Args:
+    name: a key of :data:`IDX_DATASETS`.
+    split: ``"train"`` (60,000) or ``"test"`` (10,000).
+    source: ``"tfds"``, ``"idx"`` (needs ``directory``), ``"bundled"`` (MNIST
+      only), or ``"auto"``: a prepared TFDS dataset, else a tfds download,
+      else (offline) the bundled copy. One log line says which was used and why.
+    directory: directory of the four IDX files for ``source="idx"``.
+    tfds_data_dir: TFDS data dir (default: tfds' own default).
+
+  Returns:
+    ``(images uint8 (N, 28, 28), labels int32 (N,))``.
+  """
+  if name not in IDX_DATASETS:
+    raise ValueError(f"name must be one of {sorted(IDX_DATASETS)}, got {name!r}.")
+  if split not in SPLITS:
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+  if source not in SOURCES:
+    raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
+  dataset = IDX_DATASETS[name]
+  if source == "idx" or (source == "auto" and directory is not None):
+    if directory is None:
+      raise ValueError("source='idx' needs the directory of the four IDX files (mnist_dir).")
+    log.info("%s %s: IDX files in %s", name, split, directory)
+    return _load_idx_split(directory, split)
+  if source == "bundled":
+    if dataset.bundled is None:
+      raise DataError(
+          f"capsjax bundles no copy of {name}; use --data_source auto or tfds (tfds' "
+          "download manager fetches it), or idx with --mnist_dir DIR holding its four "
+          "IDX files.")
+    log.info("%s %s: bundled copy (asked for)", name, split)
+    _verify_bundled()
+    return _load_idx_split(dataset.bundled, split)
+
+  prepared = _tfds_prepared(name, split, tfds_data_dir)
+  if prepared is not None:
+    log.info("%s %s: prepared tensorflow-datasets '%s'", name, split, name)
+    return prepared
+  if _online(dataset.url):
+    idx_dir = _tfds_download(
+        dataset, None if tfds_data_dir is None else os.path.join(tfds_data_dir, "downloads"))
+    log.info("%s %s: raw files fetched by the tfds download manager into %s", name, split,
+             idx_dir)
+    return _load_idx_split(idx_dir, split)
+  if source == "tfds" or dataset.bundled is None:
+    fallback = ("use --data_source bundled (or auto) to use the copy in the package"
+                if dataset.bundled is not None else
+                "go online once (the files are then cached), or pass --data_source idx "
+                "--mnist_dir DIR with its four IDX files")
+    raise DataError(
+        f"tensorflow-datasets has no prepared {name} and the download host is "
+        f"unreachable; {fallback}.")
+  log.info("%s %s: bundled copy (no prepared tfds dataset and offline)", name, split)
+  _verify_bundled()
+  return _load_idx_split(dataset.bundled, split)
 
 
 def load_mnist(
@@ -203,46 +290,5 @@ def load_mnist(
     *,
     tfds_data_dir: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Loads one MNIST split.
-
-  Args:
-    split: ``"train"`` (60,000) or ``"test"`` (10,000).
-    source: ``"tfds"``, ``"idx"`` (needs ``mnist_dir``), ``"bundled"``, or
-      ``"auto"``: a prepared TFDS dataset, else a tfds download, else (offline)
-      the bundled copy. One log line says which was used and why.
-    mnist_dir: directory of the four IDX files for ``source="idx"``.
-    tfds_data_dir: TFDS data dir (default: tfds' own default).
-
-  Returns:
-    ``(images uint8 (N, 28, 28), labels int32 (N,))``.
-  """
-  if split not in SPLITS:
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-  if source not in SOURCES:
-    raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
-  if source == "idx" or (source == "auto" and mnist_dir is not None):
-    if mnist_dir is None:
-      raise ValueError("source='idx' needs mnist_dir, the directory of the four IDX files.")
-    log.info("MNIST %s: IDX files in %s", split, mnist_dir)
-    return _load_idx_split(mnist_dir, split)
-  if source == "bundled":
-    log.info("MNIST %s: bundled copy (asked for)", split)
-    _verify_bundled()
-    return _load_idx_split(BUNDLED_DIR, split)
-
-  prepared = _tfds_prepared(split, tfds_data_dir)
-  if prepared is not None:
-    log.info("MNIST %s: prepared tensorflow-datasets 'mnist'", split)
-    return prepared
-  if _online():
-    idx_dir = _tfds_download(
-        None if tfds_data_dir is None else os.path.join(tfds_data_dir, "downloads"))
-    log.info("MNIST %s: raw files fetched by the tfds download manager into %s", split, idx_dir)
-    return _load_idx_split(idx_dir, split)
-  if source == "tfds":
-    raise RuntimeError(
-        "tensorflow-datasets has no prepared MNIST and the download host is "
-        "unreachable; use --data_source bundled (or auto) to use the copy in the package.")
-  log.info("MNIST %s: bundled copy (no prepared tfds dataset and offline)", split)
-  _verify_bundled()
-  return _load_idx_split(BUNDLED_DIR, split)
+  """Loads one MNIST split: :func:`load_idx_dataset` of ``"mnist"``."""
+  return load_idx_dataset("mnist", split, source, mnist_dir, tfds_data_dir=tfds_data_dir)

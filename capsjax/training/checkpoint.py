@@ -19,6 +19,15 @@ class CheckpointError(RuntimeError):
   """An unreadable checkpoint; the message names it and the way out."""
 
 
+def _on_disk(state) -> dict:
+  """The train state as the checkpoint stores it: its fields, without an empty
+  ``model_state`` (so checkpoints of models without one keep their layout)."""
+  tree = {name: getattr(state, name) for name in ("step", "params", "opt_state")}
+  if state.model_state:
+    tree["model_state"] = state.model_state
+  return tree
+
+
 class Checkpointer:
   """Saves and restores a train-state pytree under ``directory/<step>``."""
 
@@ -36,7 +45,7 @@ class Checkpointer:
     """Writes ``state`` as checkpoint ``step`` (atomically: tmp dir, then rename)."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state))
+    self._manager.save(step, args=ocp.args.StandardSave(_on_disk(state)))
     self._manager.wait_until_finished()
 
   def restore(self, target, step: int | None = None):
@@ -44,7 +53,8 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     path = self.directory / str(step)
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+      tree = self._manager.restore(step, args=ocp.args.StandardRestore(_on_disk(target)))
+      return target.replace(**tree)
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
       raise CheckpointError(
           f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "

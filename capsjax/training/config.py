@@ -1,124 +1,137 @@
 """The training configuration: one typed object, the single source of truth.
 
-The CLI flags are generated from its fields, it is validated in one place and
-written to ``workdir/config.json``; a rerun in the same workdir must match it.
+The CLI flags are generated from its fields (each field's help stands beside
+it), it is validated in one place and written to ``workdir/config.json``; a
+rerun in the same workdir must match it. Named presets of it live in
+:mod:`capsjax.presets`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import json
 import os
 import pathlib
 from typing import Any
 
-from capsjax.models import DIGIT_CAPS_INIT
+import jax.numpy as jnp
 
-DATASETS = ("multimnist", "mnist")
+from capsjax.data import get_dataset
+from capsjax.data.mnist import SOURCES as DATA_SOURCES
+from capsjax.layers import DIGIT_CAPS_INIT
+from capsjax.models import MODELS
+from capsjax.registry import UnknownNameError
+from capsjax.routing import ROUTERS
+
+__all__ = ["TrainConfig", "ConfigError", "IDENTITY_FIELDS"]
+
 PRECISIONS = ("fp32", "bf16")
-DATA_SOURCES = ("auto", "tfds", "idx", "bundled")
 
 # Fields that change the trained parameters: a workdir's checkpoints belong to
 # exactly one value of each. The others (how long, how often, where from) may
 # change between runs in the same workdir.
 IDENTITY_FIELDS = (
-    "dataset", "routing_iters", "batch_size", "lr", "lr_decay_rate", "lr_decay_steps",
-    "lr_min", "recon_weight", "seed", "precision", "stop_gradient_inner",
+    "model", "dataset", "routing", "routing_iters", "batch_size", "lr", "lr_decay_rate",
+    "lr_decay_steps", "lr_min", "recon_weight", "seed", "precision", "stop_gradient_inner",
     "digit_caps_init", "primary_caps_scale",
 )
 
 # What a config.json written before a field existed was trained with; used
 # when such a file lacks the field, so an old run resumes and evaluates as it
 # was trained, and a new default cannot silently change it.
-VALUES_BEFORE_THE_FIELD = {"digit_caps_init": 0.1, "primary_caps_scale": 1.0}
+VALUES_BEFORE_THE_FIELD = {"digit_caps_init": 0.1, "primary_caps_scale": 1.0,
+                           "model": "capsnet", "routing": "dynamic"}
 
 
 class ConfigError(ValueError):
   """A bad setting; the message names the flag and the fix."""
 
 
+def flag(default, help: str):  # noqa: A002 - argparse's name
+  """A config field with its ``--help`` text."""
+  return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Everything a training run depends on. Flags are ``--<field>``."""
-  dataset: str = "multimnist"
-  routing_iters: int = 3
-  batch_size: int = 128
-  epochs: float = 50.0
-  steps: int = 0
-  lr: float = 1e-3
-  lr_decay_rate: float = 0.96
-  lr_decay_steps: int = 0
-  lr_min: float = 1e-6
-  recon_weight: float = 0.0005
-  seed: int = 0
-  workdir: str = ""
-  data_source: str = "auto"
-  mnist_dir: str = ""
-  eval_every: int = 1000
-  checkpoint_every: int = 1000
-  keep_checkpoints: int = 3
-  log_every: int = 50
-  precision: str = "fp32"
-  test_pairs_per_digit: int = 1
-  test_subset: int = 0
-  eval_batch_size: int = 500
-  stop_gradient_inner: bool = False
-  digit_caps_init: float = DIGIT_CAPS_INIT
-  primary_caps_scale: float = 1.0
-  distributed: bool = False
-
-  HELP = {
-      "dataset": "multimnist (36x36 overlapping pairs, the default) or mnist",
-      "routing_iters": "routing iterations (>= 1; the paper uses 3)",
-      "batch_size": "global batch size, split over all devices",
-      "epochs": "training length in epochs of the train split (ignored if --steps > 0)",
-      "steps": "training length in optimizer steps (0: use --epochs)",
-      "lr": "initial Adam learning rate",
-      "lr_decay_rate": "exponential learning-rate decay factor",
-      "lr_decay_steps": "decay period in steps (0: 2000 for mnist, 20000 for multimnist)",
-      "lr_min": "floor of the learning rate",
-      "recon_weight": "weight of the reconstruction SSE in the loss",
-      "seed": "seed of initialisation and data order",
-      "workdir": "directory for checkpoints, metrics and pictures "
-                 "(default: runs/<dataset>_r<routing_iters>)",
-      "data_source": "where MNIST comes from: auto, tfds, idx or bundled",
-      "mnist_dir": "directory with the four IDX files (for --data_source idx)",
-      "eval_every": "evaluate on the test set every this many steps (0: only at the end)",
-      "checkpoint_every": "save a checkpoint every this many steps",
-      "keep_checkpoints": "how many recent checkpoints to keep",
-      "log_every": "append training metrics to metrics.jsonl every this many steps",
-      "precision": "fp32, or bf16 (bf16 compute; fp32 parameters and optimizer state)",
-      "test_pairs_per_digit": "MultiMNIST test pairs per test digit (the paper uses 1000)",
-      "test_subset": "evaluate on the first N digits of the test split (0: all 10,000)",
-      "eval_batch_size": "batch size for evaluation",
-      "stop_gradient_inner": "stop gradients through the inner routing iterations",
-      "digit_caps_init": ("stddev of the initial DigitCaps weights W_ij (the official "
-                          "0.1 goes with --primary_caps_scale 0.03125; with the plain "
-                          "convolution it stalls MultiMNIST with 3 routing iterations)"),
-      "primary_caps_scale": ("factor on the PrimaryCaps convolution before its bias "
-                             "(1.0: the paper's plain convolution; the official code's "
-                             "is 0.03125 = 1/32, used with --digit_caps_init 0.1)"),
-      "distributed": "call jax.distributed.initialize() first (multi-host runs)",
-  }
+  model: str = flag("capsnet", "the network, a name in capsjax.models.MODELS")
+  dataset: str = flag("multimnist", "a name in capsjax.data.DATASETS (multimnist: 36x36 "
+                      "overlapping pairs; mnist; fashion_mnist) or tfds:NAME, any prepared "
+                      "tensorflow-datasets image-classification dataset")
+  routing: str = flag("dynamic", "the router, a name in capsjax.routing.ROUTERS")
+  routing_iters: int = flag(3, "routing iterations (>= 1; the paper uses 3)")
+  batch_size: int = flag(128, "global batch size, split over all devices")
+  epochs: float = flag(50.0, "training length in epochs of the train split (ignored if "
+                       "--steps > 0)")
+  steps: int = flag(0, "training length in optimizer steps (0: use --epochs)")
+  lr: float = flag(1e-3, "initial Adam learning rate")
+  lr_decay_rate: float = flag(0.96, "exponential learning-rate decay factor, in (0, 1]")
+  lr_decay_steps: int = flag(0, "decay period in steps (0: the dataset's; 2000 for mnist, "
+                             "20000 for multimnist)")
+  lr_min: float = flag(1e-6, "floor of the learning rate")
+  recon_weight: float = flag(0.0005, "weight of the reconstruction SSE in the loss")
+  seed: int = flag(0, "seed of initialisation and data order")
+  workdir: str = flag("", "directory for checkpoints, metrics and pictures (default: "
+                      "runs/<dataset>_r<routing_iters>)")
+  data_source: str = flag("auto", "where MNIST-format data comes from: auto, tfds, idx or "
+                          "bundled (MNIST only)")
+  mnist_dir: str = flag("", "directory with the four IDX files (for --data_source idx)")
+  eval_every: int = flag(1000, "evaluate on the test set every this many steps (0: only at "
+                         "the end)")
+  checkpoint_every: int = flag(1000, "save a checkpoint every this many steps")
+  keep_checkpoints: int = flag(3, "how many recent checkpoints to keep")
+  log_every: int = flag(50, "append training metrics to metrics.jsonl every this many steps")
+  precision: str = flag("fp32", "fp32, or bf16 (bf16 compute; fp32 parameters and optimizer "
+                        "state)")
+  test_pairs_per_digit: int = flag(1, "MultiMNIST test pairs per test digit (the paper uses "
+                                   "1000)")
+  test_subset: int = flag(0, "evaluate on the first N examples of the test split (0: all)")
+  eval_batch_size: int = flag(500, "batch size for evaluation")
+  stop_gradient_inner: bool = flag(False, "stop gradients through the inner routing "
+                                   "iterations (an option of the dynamic router)")
+  digit_caps_init: float = flag(DIGIT_CAPS_INIT, (
+      "stddev of the initial DigitCaps weights W_ij (the official 0.1 goes with "
+      "--primary_caps_scale 0.03125; with the plain convolution it stalls MultiMNIST with 3 "
+      "routing iterations)"))
+  primary_caps_scale: float = flag(1.0, (
+      "factor on the PrimaryCaps convolution before its bias (1.0: the paper's plain "
+      "convolution; the official code's is 0.03125 = 1/32, used with --digit_caps_init 0.1)"))
+  tensorboard: bool = flag(False, "also write a TensorBoard log to <workdir>/tensorboard "
+                           "(needs tensorboardX: pip install 'capsjax[tensorboard]')")
+  distributed: bool = flag(False, "call jax.distributed.initialize() first (multi-host runs)")
 
   # --------------------------------------------------------------------------
 
-  @property
-  def image_size(self) -> int:
-    return 36 if self.dataset == "multimnist" else 28
+  @functools.cached_property
+  def data(self):
+    """The :class:`capsjax.data.DatasetSpec` of ``dataset``."""
+    return get_dataset(self.dataset)
 
   @property
-  def num_digits(self) -> int:
-    return 2 if self.dataset == "multimnist" else 1
+  def model_spec(self):
+    """The :class:`capsjax.models.ModelSpec` of ``model``."""
+    return MODELS.get(self.model)
+
+  @property
+  def compute_dtype(self):
+    return jnp.bfloat16 if self.precision == "bf16" else jnp.float32
 
   @property
   def decay_steps(self) -> int:
-    if self.lr_decay_steps:
-      return self.lr_decay_steps
-    return 2000 * (10 if self.dataset == "multimnist" else 1)
+    return self.lr_decay_steps or self.data.decay_steps
 
   @property
   def run_dir(self) -> pathlib.Path:
-    return pathlib.Path(self.workdir or f"runs/{self.dataset}_r{self.routing_iters}")
+    if self.workdir:
+      return pathlib.Path(self.workdir)
+    name = f"{self.dataset.replace(':', '_')}_r{self.routing_iters}"
+    if self.routing != "dynamic":
+      name = f"{name}_{self.routing}"
+    if self.model != "capsnet":
+      name = f"{self.model}_{name}"
+    return pathlib.Path("runs") / name
 
   def total_steps(self, train_size: int = 60_000) -> int:
     if self.steps > 0:
@@ -130,8 +143,18 @@ class TrainConfig:
     def need(ok, message):
       if not ok:
         raise ConfigError(message)
-    need(self.dataset in DATASETS,
-         f"--dataset {self.dataset!r} is unknown; use one of {', '.join(DATASETS)}.")
+    for name, registry in (("model", MODELS), ("routing", ROUTERS)):
+      value = getattr(self, name)
+      need(value in registry, f"--{name} {value!r} is unknown; use one of "
+           f"{', '.join(registry.names())} (or register one in {registry.where}).")
+    try:
+      data = self.data
+    except UnknownNameError:
+      from capsjax.data import DATASETS  # pylint: disable=import-outside-toplevel
+      raise ConfigError(
+          f"--dataset {self.dataset!r} is unknown; use one of {', '.join(DATASETS.names())}, "
+          "tfds:NAME for a prepared tensorflow-datasets dataset (or register one in "
+          "capsjax.data.DATASETS).") from None
     need(self.precision in PRECISIONS,
          f"--precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}.")
     need(self.data_source in DATA_SOURCES,
@@ -149,6 +172,10 @@ class TrainConfig:
          f"{num_devices} devices.")
     need(self.steps > 0 or self.epochs > 0, "give --steps > 0 or --epochs > 0.")
     need(self.lr > 0 and self.lr_min >= 0, "--lr must be > 0 and --lr_min >= 0.")
+    need(0 < self.lr_decay_rate <= 1,
+         f"--lr_decay_rate must be in (0, 1] (got {self.lr_decay_rate}); the paper's is 0.96.")
+    need(self.lr_decay_steps >= 0,
+         f"--lr_decay_steps must be >= 0 (got {self.lr_decay_steps}; 0: the dataset's).")
     need(self.recon_weight >= 0, "--recon_weight must be >= 0.")
     need(self.digit_caps_init > 0,
          f"--digit_caps_init must be > 0 (got {self.digit_caps_init}); try 0.1 or 0.01.")
@@ -160,6 +187,15 @@ class TrainConfig:
     need(self.eval_every >= 0, "--eval_every must be >= 0.")
     need(self.test_pairs_per_digit >= 1, "--test_pairs_per_digit must be >= 1.")
     need(self.test_subset >= 0, "--test_subset must be >= 0 (0: the whole test split).")
+    need(not self.tensorboard or importlib.util.find_spec("tensorboardX") is not None,
+         "--tensorboard true needs tensorboardX; pip install 'capsjax[tensorboard]'.")
+    spec = self.model_spec
+    reason = spec.mismatch(data)
+    need(reason is None, f"--model {self.model} {reason}; pick another --dataset or --model.")
+    try:
+      spec.build(self, data)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
     return self
 
   # --------------------------------------------------------------------------
@@ -182,3 +218,9 @@ class TrainConfig:
     """The identity fields in which ``other`` differs, as ``--flag old -> new``."""
     return [f"--{name} {getattr(other, name)!r} -> {getattr(self, name)!r}"
             for name in IDENTITY_FIELDS if getattr(self, name) != getattr(other, name)]
+
+  def replace(self, **changes) -> "TrainConfig":
+    return dataclasses.replace(self, **changes)
+
+
+HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}

@@ -16,28 +16,24 @@ import pathlib
 import signal
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from capsjax import plots
-from capsjax.data import MNISTTest, MultiMNIST, ShiftedMNIST, load_mnist, prefetch
-from capsjax.models import CapsNet, Decoder
+from capsjax.data import local_rows, padded, prefetch
 from capsjax.training.checkpoint import Checkpointer
 from capsjax.training.config import ConfigError, TrainConfig
+from capsjax.training.logs import RunLog
+from capsjax.training.pictures import write_pictures
 from capsjax.training.steps import (
     init_state, make_eval_step, make_mesh, make_model, make_optimizer, make_schedule,
-    make_train_step,
-    shard_batch)
+    make_train_step, shard_batch, variables_of)
 
 __all__ = ["train_and_evaluate", "evaluate_workdir", "NonFiniteLossError", "prepare_workdir"]
 
 log = logging.getLogger("capsjax")
-
-MULTIMNIST_TEST_SEED = 2017
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,87 +81,21 @@ def prepare_workdir(config: TrainConfig) -> pathlib.Path:
 
 
 def make_datasets(config: TrainConfig):
-  """``(train source with .batch(step, B), test set with .batches(B))``."""
-  kwargs = dict(source=config.data_source, mnist_dir=config.mnist_dir or None)
-  train_images, train_labels = load_mnist("train", **kwargs)
-  test_images, test_labels = load_mnist("test", **kwargs)
-  if config.test_subset:
-    test_images, test_labels = test_images[:config.test_subset], test_labels[:config.test_subset]
-  if config.dataset == "multimnist":
-    train = MultiMNIST(train_images, train_labels, seed=config.seed)
-    # The test pairs do not depend on the training seed: runs stay comparable.
-    test = MultiMNIST(test_images, test_labels, seed=MULTIMNIST_TEST_SEED).test_set(
-        config.test_pairs_per_digit)
-  else:
-    train = ShiftedMNIST(train_images, train_labels, seed=config.seed)
-    test = MNISTTest(test_images, test_labels)
-  return train, test
+  """``(train source with .batch(step, B), test set with .batches(B))`` of ``config.dataset``."""
+  return config.data.build(config)
 
 
-def _padded(batches: Iterator[dict], batch_size: int) -> Iterator[dict]:
-  """Pads every batch to ``batch_size`` rows and adds a 0/1 ``weight``."""
-  for batch in batches:
-    n = len(batch["labels"])
-    pad = batch_size - n
-    out = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) if pad else v
-           for k, v in batch.items()}
-    out["weight"] = (np.arange(batch_size) < n).astype(np.float32)
-    yield out
-
-
-def _local_rows(batch: dict) -> dict:
-  """This process's rows of a batch every process built in full."""
-  count, index = jax.process_count(), jax.process_index()
-  if count == 1:
-    return batch
-  rows = len(next(iter(batch.values()))) // count
-  return {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
-
-
-def evaluate(eval_step, params, test, mesh, batch_size: int) -> dict[str, float]:
+def evaluate(eval_step, variables, test, mesh, batch_size: int) -> dict[str, float]:
   """Strict and per-digit accuracy on the whole test set."""
   totals = {"count": 0.0, "strict": 0.0, "per_digit": 0.0}
-  for batch in _padded(test.batches(batch_size), batch_size):
-    sums = jax.device_get(eval_step(params, shard_batch(_local_rows(batch), mesh)))
+  for batch in padded(test.batches(batch_size), batch_size):
+    rows = local_rows(batch, jax.process_index(), jax.process_count())
+    sums = jax.device_get(eval_step(variables, shard_batch(rows, mesh)))
     for k in totals:
       totals[k] += float(sums[k])
   return {"accuracy": totals["strict"] / totals["count"],
           "per_digit_accuracy": totals["per_digit"] / totals["count"],
           "test_examples": int(totals["count"])}
-
-
-# ----------------------------------------------------------------------------
-# Pictures.
-
-
-def write_pictures(config: TrainConfig, model: CapsNet, params, test, workdir: pathlib.Path,
-                   num_examples: int = 8) -> list[pathlib.Path]:
-  """Fig. 5-style reconstructions, Fig. 4-style perturbations, training curves."""
-  if jax.process_index() != 0:
-    return []
-  batch = next(test.batches(num_examples))
-  params = jax.device_get(params)
-  images = jnp.asarray(batch["image"])
-  true = model.apply({"params": params}, images, jnp.asarray(batch["labels"]))
-  pred = model.apply({"params": params}, images)
-  paths = [workdir / "reconstructions.png", workdir / "perturbations.png"]
-  plots.plot_reconstructions(paths[0], batch["image"], batch["labels"],
-                             np.asarray(true.reconstructions), np.asarray(pred.masked_labels),
-                             np.asarray(pred.reconstructions))
-  # Perturb each of the 16 dimensions of the first example's first true capsule.
-  label = int(batch["labels"][0, 0])
-  v = np.asarray(true.digit_caps[0])
-  deltas = plots.PERTURBATIONS
-  masked = np.zeros((16, len(deltas), 10, 16), np.float32)
-  masked[:, :, label] = v[label]
-  masked[np.arange(16), :, label, np.arange(16)] += deltas
-  grid = Decoder(config.image_size, config.image_size).apply(
-      {"params": params["decoder"]}, jnp.asarray(masked))
-  plots.plot_perturbations(paths[1], np.asarray(grid[..., 0]), label)
-  if (workdir / "metrics.jsonl").exists():
-    paths.append(workdir / "curves.png")
-    plots.plot_curves(workdir / "metrics.jsonl", paths[-1])
-  return paths
 
 
 # ----------------------------------------------------------------------------
@@ -194,19 +124,6 @@ class _StopRequest:
         signal.signal(sig, old)
 
 
-class _MetricsLog:
-  """Appends records to ``metrics.jsonl`` (process 0 only)."""
-
-  def __init__(self, path: pathlib.Path):
-    self.path = path
-    self.enabled = jax.process_index() == 0
-
-  def write(self, record: dict[str, Any]) -> None:
-    if self.enabled:
-      with self.path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _progress(total: int, initial: int):
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
@@ -226,16 +143,16 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   model = make_model(config)
   tx = make_optimizer(config)
   replicated = NamedSharding(mesh, P())
-  state = jax.device_put(init_state(model, tx, config.image_size, config.seed), replicated)
+  state = jax.device_put(init_state(model, tx, config.data.image_shape, config.seed), replicated)
   checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   if checkpoints.latest_step() is not None:
     state = checkpoints.restore(state)
     log.info("resumed from %s at step %d", checkpoints.directory, int(state.step))
   start = int(state.step)
 
-  train_step = make_train_step(model, tx, mesh, config.recon_weight)
-  eval_step = make_eval_step(model.clone(use_decoder=False), mesh)
-  metrics_log = _MetricsLog(workdir / "metrics.jsonl")
+  train_step = make_train_step(model, tx, mesh, config)
+  eval_step = make_eval_step(config.model_spec.eval_module(model), mesh)
+  run_log = RunLog(workdir, config.tensorboard)
   schedule = make_schedule(config)
 
   def make_batch(step):
@@ -287,7 +204,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         elapsed = time.perf_counter() - window_start
         images_per_sec = len(window) * config.batch_size / max(elapsed, 1e-9)
         mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-        metrics_log.write({"step": step, "split": "train", **mean,
+        run_log.write({"step": step, "split": "train", **mean,
                            "lr": float(schedule(step)), "images_per_sec": images_per_sec})
         bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{100 * mean['accuracy']:.1f}%",
                         img_s=f"{images_per_sec:.0f}", refresh=False)
@@ -296,11 +213,11 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
       if do_save:
         save(step)
       if do_eval:
-        last_eval = evaluate(eval_step, state.params, test_data, mesh, config.eval_batch_size)
-        metrics_log.write({"step": step, "split": "test", **last_eval})
+        last_eval = evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size)
+        run_log.write({"step": step, "split": "test", **last_eval})
         bar.write(f"step {step}: test accuracy {100 * last_eval['accuracy']:.2f}%"
                   + (f" (per digit {100 * last_eval['per_digit_accuracy']:.2f}%)"
-                     if config.num_digits > 1 else ""))
+                     if config.data.labels_per_example > 1 else ""))
         window_start = time.perf_counter()
       bar.update(1)
       if stopping:
@@ -310,12 +227,15 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
              "images_per_sec": images_per_sec, **last_eval}
   if stop.signum:
     summary["interrupted"] = signal.Signals(stop.signum).name
+    run_log.close()
     checkpoints.close()
     return summary
   if start == total_steps:  # nothing left to train: evaluate what is there
-    summary.update(evaluate(eval_step, state.params, test_data, mesh, config.eval_batch_size))
-  summary["pictures"] = [str(p) for p in write_pictures(config, model, state.params,
-                                                        test_data, workdir)]
+    summary.update(evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size))
+  pictures = write_pictures(model, variables_of(state), test_data, workdir)
+  run_log.pictures(pictures, step)
+  run_log.close()
+  summary["pictures"] = [str(p) for p in pictures]
   checkpoints.close()
   return summary
 
@@ -338,16 +258,16 @@ def evaluate_workdir(workdir: str | os.PathLike, data_source: str | None = None,
   _, test_data = make_datasets(config)
   model = make_model(config)
   tx = make_optimizer(config)
-  state = jax.device_put(init_state(model, tx, config.image_size, config.seed),
+  state = jax.device_put(init_state(model, tx, config.data.image_shape, config.seed),
                          NamedSharding(mesh, P()))
   checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   if checkpoints.latest_step() is None:
     raise ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate.")
   state = checkpoints.restore(state)
   checkpoints.close()
-  eval_step = make_eval_step(model.clone(use_decoder=False), mesh)
+  eval_step = make_eval_step(config.model_spec.eval_module(model), mesh)
   result = {"step": int(state.step),
-            **evaluate(eval_step, state.params, test_data, mesh, config.eval_batch_size)}
-  result["pictures"] = [str(p) for p in write_pictures(config, model, state.params,
-                                                       test_data, workdir)]
+            **evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size)}
+  result["pictures"] = [str(p) for p in write_pictures(model, variables_of(state), test_data,
+                                                       workdir)]
   return result

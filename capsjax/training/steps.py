@@ -4,28 +4,28 @@ One train-step function serves one CPU, one GPU and every device of a pod: it
 is ``jax.jit`` over a ``jax.sharding.Mesh`` of all devices with a single
 ``data`` axis. Inside ``jax.shard_map`` each device computes the gradient of
 its slice of the global batch and ``lax.pmean`` averages them (the pmap model
-on the current API); the optimizer update runs replicated. The state buffers
-are donated.
+on the current API), and the model's own state (e.g. BatchNorm's
+``batch_stats``) likewise; the optimizer update runs replicated. The state
+buffers are donated.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from capsjax.losses import margin_loss, reconstruction_loss
 from capsjax.metrics import per_digit_correct, strict_correct
-from capsjax.models import CapsNet
 from capsjax.training.config import TrainConfig
 
 __all__ = [
-    "TrainState", "make_model", "make_schedule", "make_optimizer", "init_state", "loss_fn", "make_mesh",
-    "make_train_step", "make_eval_step", "shard_batch",
+    "TrainState", "make_model", "make_schedule", "make_optimizer", "init_state", "loss_fn",
+    "make_mesh", "make_train_step", "make_eval_step", "shard_batch", "variables_of",
 ]
 
 Batch = dict[str, Any]
@@ -34,20 +34,25 @@ Batch = dict[str, Any]
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training. The data needs no state: batch
-  ``step`` is a pure function of ``(seed, step)``."""
+  ``step`` is a pure function of ``(seed, step)``.
+
+  ``model_state`` holds the model's variable collections besides ``params``
+  (``{"batch_stats": ...}`` for BatchNorm; ``{}`` for CapsNet).
+  """
   step: jax.Array
   params: Any
   opt_state: Any
+  model_state: Any
 
 
-def make_model(config: TrainConfig) -> CapsNet:
-  return CapsNet(
-      num_classes=10, routing_iters=config.routing_iters,
-      num_reconstructions=config.num_digits,
-      stop_gradient_inner=config.stop_gradient_inner,
-      digit_caps_init=config.digit_caps_init,
-      primary_caps_scale=config.primary_caps_scale,
-      dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32)
+def variables_of(state: TrainState) -> dict[str, Any]:
+  """The Flax variables of ``state``: ``{"params": ..., **model_state}``."""
+  return {"params": state.params, **state.model_state}
+
+
+def make_model(config: TrainConfig) -> nn.Module:
+  """The network ``config.model`` names, built for ``config.dataset``."""
+  return config.model_spec.build(config, config.data)
 
 
 def make_schedule(config: TrainConfig) -> optax.Schedule:
@@ -62,33 +67,33 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   return optax.adam(make_schedule(config))
 
 
-def init_state(model: CapsNet, tx: optax.GradientTransformation, image_size: int,
-               seed: int) -> TrainState:
-  images = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
-  params = jax.jit(model.init)(jax.random.key(seed), images)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def init_state(model: nn.Module, tx: optax.GradientTransformation,
+               image_shape: tuple[int, int, int], seed: int) -> TrainState:
+  """Initial state for images of ``image_shape`` ``(H, W, C)``, from ``seed``."""
+  images = jnp.zeros((1, *image_shape), jnp.float32)
+  variables = dict(jax.jit(model.init)(jax.random.key(seed), images))
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state=variables)
 
 
-def loss_fn(params, model: CapsNet, batch: Batch, recon_weight: float):
-  """Margin loss + ``recon_weight`` x reconstruction SSE, per example, batch mean.
+def loss_fn(params, model_state, model: nn.Module, batch: Batch, config: TrainConfig):
+  """The model's loss (its :class:`capsjax.models.ModelSpec`), batch mean.
 
-  The decoder is masked by the true labels; with two labels (MultiMNIST) each
-  digit is reconstructed by its own masked pass and compared with its
-  component image.
+  Returns ``(loss, (metrics, new model_state))``.
   """
-  out = model.apply({"params": params}, batch["image"], batch["labels"])
-  margin = margin_loss(out.lengths, batch["multi_hot"])
-  k = batch["labels"].shape[1]
-  recon = sum(reconstruction_loss(out.reconstructions[:, i], batch["components"][:, i])
-              for i in range(k))
-  loss = jnp.mean(margin + recon_weight * recon)
-  metrics = {
-      "loss": loss,
-      "margin_loss": jnp.mean(margin),
-      "recon_loss": jnp.mean(recon),
-      "accuracy": jnp.mean(strict_correct(out.lengths, batch["labels"])),
-  }
-  return loss, metrics
+  spec = config.model_spec
+  variables = {"params": params, **model_state}
+  if spec.collections:
+    out, new_state = model.apply(variables, batch["image"], batch["labels"], train=True,
+                                 mutable=list(spec.collections))
+  else:
+    out, new_state = model.apply(variables, batch["image"], batch["labels"], train=True), {}
+  per_example, terms = spec.loss(out, batch, config)
+  loss = jnp.mean(per_example)
+  metrics = {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()},
+             "accuracy": jnp.mean(strict_correct(out.scores, batch["labels"]))}
+  return loss, (metrics, new_state)
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -107,45 +112,46 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def make_train_step(model: CapsNet, tx: optax.GradientTransformation, mesh: Mesh,
-                    recon_weight: float) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                    config: TrainConfig) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """``(state, global batch) -> (new state, metrics)``, jitted, state donated."""
 
-  def local_grads(params, batch):
+  def local_grads(params, model_state, batch):
     # Each device differentiates its own copy of the parameters (its slice of
     # the batch), then the gradients are averaged explicitly: the pmap model.
     params = jax.lax.pcast(params, "data", to="varying")
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(params, model, batch, recon_weight)
-    return jax.lax.pmean((grads, metrics), "data")
+    grads, (metrics, new_state) = jax.grad(loss_fn, has_aux=True)(
+        params, model_state, model, batch, config)
+    return jax.lax.pmean((grads, metrics, new_state), "data")
 
-  grads_fn = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P("data")),
-                           out_specs=(P(), P()))
+  grads_fn = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P(), P("data")),
+                           out_specs=(P(), P(), P()))
 
   def train_step(state: TrainState, batch: Batch):
-    grads, metrics = grads_fn(state.params, batch)
+    grads, metrics, model_state = grads_fn(state.params, state.model_state, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return TrainState(state.step + 1, params, opt_state, model_state), metrics
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
 
 
-def make_eval_step(model: CapsNet, mesh: Mesh) -> Callable[[Any, Batch], dict]:
-  """``(params, batch with 'weight') -> sums`` of strict and per-digit hits.
+def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[Any, Batch], dict]:
+  """``(variables, batch with 'weight') -> sums`` of strict and per-digit hits.
 
   ``weight`` is 1 for real examples and 0 for the padding that fills the last
   batch, so every batch has the same shape (one compilation).
   """
 
-  def local_sums(params, batch):
-    out = model.apply({"params": params}, batch["image"])
+  def local_sums(variables, batch):
+    out = model.apply(variables, batch["image"], train=False)
     w = batch["weight"]
     sums = {
         "count": jnp.sum(w),
-        "strict": jnp.sum(w * strict_correct(out.lengths, batch["labels"])),
-        "per_digit": jnp.sum(w * per_digit_correct(out.lengths, batch["labels"])),
+        "strict": jnp.sum(w * strict_correct(out.scores, batch["labels"])),
+        "per_digit": jnp.sum(w * per_digit_correct(out.scores, batch["labels"])),
     }
     return jax.lax.psum(sums, "data")
 

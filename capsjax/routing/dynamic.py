@@ -1,4 +1,4 @@
-"""Capsule non-linearity and routing-by-agreement as pure ``jax.numpy`` functions.
+"""Squash and routing-by-agreement (dynamic routing) as pure ``jax.numpy`` functions.
 
 Everything here is a plain function of arrays (no Flax, no state), so it can be
 used inside any JAX code and composes with ``jit``, ``vmap`` and ``grad``.

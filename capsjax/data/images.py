@@ -1,0 +1,62 @@
+"""Image helpers shared by the generators: checks, canvases, the batch layout.
+
+Every generator yields dicts of NumPy arrays with the same keys:
+
+  image       (B, H, W, C) float32 in [0, 1]
+  labels      (B, K) int32   K labels per example (1, or 2 for MultiMNIST)
+  multi_hot   (B, num_classes) float32
+  components  (B, K, H, W, C) float32: each labelled object alone (reconstruction targets)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["as_nhwc", "place", "to_float", "classification_batch"]
+
+
+def as_nhwc(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Checks a split and returns uint8 images ``(N, H, W, C)`` and int64 labels ``(N,)``.
+
+  ``(N, H, W)`` images get a channel axis.
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    raise ValueError(
+        f"images must be uint8 (N, H, W) or (N, H, W, C), as load_mnist returns; got "
+        f"{images.dtype} {images.shape}.")
+  labels = np.asarray(labels)
+  if labels.shape != images.shape[:1]:
+    raise ValueError(f"labels {labels.shape} must be (N,) for {images.shape[0]} images.")
+  if images.ndim == 3:
+    images = images[..., None]
+  return images, labels.astype(np.int64)
+
+
+def place(images: np.ndarray, offsets_y: np.ndarray, offsets_x: np.ndarray,
+          height: int, width: int) -> np.ndarray:
+  """Pastes ``images (N, h, w, ...)`` on zero ``(N, height, width, ...)`` canvases
+  at per-image offsets."""
+  n, h, w = images.shape[:3]
+  canvas = np.zeros((n, height, width) + images.shape[3:], images.dtype)
+  rows = offsets_y[:, None] + np.arange(h)
+  cols = offsets_x[:, None] + np.arange(w)
+  canvas[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = images
+  return canvas
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [0, 1]."""
+  return x.astype(np.float32) * np.float32(1 / 255)
+
+
+def classification_batch(images: np.ndarray, labels: np.ndarray,
+                         num_classes: int) -> dict[str, np.ndarray]:
+  """One label per example: uint8 ``(B, H, W, C)`` and ``(B,)`` -> the batch layout."""
+  image = to_float(images)
+  labels = labels.astype(np.int32)
+  return {
+      "image": image,
+      "labels": labels[:, None],
+      "multi_hot": np.eye(num_classes, dtype=np.float32)[labels],
+      "components": image[:, None],
+  }

@@ -1,0 +1,113 @@
+"""Datasets by name: :class:`DatasetSpec` and the :data:`DATASETS` registry.
+
+A spec says what a model needs to know (image shape, classes, labels per
+example), the learning-rate decay period its runs default to, and how to
+build ``(train, test)`` from a config: ``train.batch(step, batch_size, *,
+process_index, process_count)`` and ``len(train)``; ``test.batches(batch_size)``
+and ``len(test)``, in the batch layout of :mod:`capsjax.data.images`.
+
+``tfds:NAME`` names any prepared tensorflow-datasets image-classification
+dataset; its spec is read from the prepared dataset's features.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from capsjax.data.errors import DataError
+from capsjax.data.mnist import load_idx_dataset
+from capsjax.data.multimnist import MultiMNIST
+from capsjax.data.shifted import ClassificationTest, ShiftedImages
+from capsjax.data.tfds_images import load_tfds_split, tfds_info
+from capsjax.registry import Registry
+
+__all__ = ["DatasetSpec", "DATASETS", "get_dataset", "MULTIMNIST_TEST_SEED", "TFDS_PREFIX"]
+
+MULTIMNIST_TEST_SEED = 2017  # the test pairs do not depend on the training seed
+TFDS_PREFIX = "tfds:"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A named dataset.
+
+  Attributes:
+    image_shape: ``(H, W, C)`` of every image.
+    num_classes: the number of classes.
+    labels_per_example: ``K``, the labels of every example (2 for MultiMNIST).
+    decay_steps: the default learning-rate decay period, in steps.
+    build: ``config -> (train, test)``; reads ``config.data_source``,
+      ``mnist_dir``, ``seed``, ``test_subset`` and ``test_pairs_per_digit``.
+    description: one line for ``--help`` and the docs.
+  """
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  labels_per_example: int
+  decay_steps: int
+  build: Callable[[Any], tuple[Any, Any]]
+  description: str = ""
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset", "capsjax.data.DATASETS")
+
+
+def get_dataset(name: str) -> DatasetSpec:
+  """The spec of ``name``: registered, or ``tfds:NAME`` (read from the prepared dataset)."""
+  if name.startswith(TFDS_PREFIX):
+    return _tfds_spec(name[len(TFDS_PREFIX):])
+  return DATASETS.get(name)
+
+
+def _test_subset(images, labels, config):
+  if config.test_subset:
+    return images[:config.test_subset], labels[:config.test_subset]
+  return images, labels
+
+
+def _idx_splits(name: str, config):
+  kwargs = dict(source=config.data_source, directory=config.mnist_dir or None)
+  train = load_idx_dataset(name, "train", **kwargs)
+  test = _test_subset(*load_idx_dataset(name, "test", **kwargs), config)
+  return train, test
+
+
+def _single_label(name: str, config):
+  (train_x, train_y), (test_x, test_y) = _idx_splits(name, config)
+  return (ShiftedImages(train_x, train_y, seed=config.seed),
+          ClassificationTest(test_x, test_y))
+
+
+def _multimnist(config):
+  (train_x, train_y), (test_x, test_y) = _idx_splits("mnist", config)
+  train = MultiMNIST(train_x, train_y, seed=config.seed)
+  try:
+    test = MultiMNIST(test_x, test_y, seed=MULTIMNIST_TEST_SEED)
+  except ValueError as e:
+    raise DataError(
+        f"--test_subset {config.test_subset}: {e} Use a larger --test_subset (100 holds "
+        "every class) or 0 for the whole test split.") from None
+  return train, test.test_set(config.test_pairs_per_digit)
+
+
+DATASETS.register("mnist", DatasetSpec(
+    (28, 28, 1), 10, 1, 2000, lambda config: _single_label("mnist", config),
+    "MNIST, 28x28, shifted by up to 2 px in training (the paper)"))
+DATASETS.register("fashion_mnist", DatasetSpec(
+    (28, 28, 1), 10, 1, 2000, lambda config: _single_label("fashion_mnist", config),
+    "Fashion-MNIST, 28x28, shifted by up to 2 px in training"))
+DATASETS.register("multimnist", DatasetSpec(
+    (36, 36, 1), 10, 2, 20_000, _multimnist,
+    "MultiMNIST: pairs of overlapping MNIST digits, 36x36 (the paper, section 6)"))
+
+
+def _tfds_spec(name: str) -> DatasetSpec:
+  info = tfds_info(name)
+
+  def build(config):
+    train = load_tfds_split(name, "train")
+    test = _test_subset(*load_tfds_split(name, "test"), config)
+    return (ShiftedImages(*train, seed=config.seed, num_classes=info["num_classes"]),
+            ClassificationTest(*test, num_classes=info["num_classes"]))
+
+  return DatasetSpec(info["image_shape"], info["num_classes"], 1, 2000, build,
+                     f"tensorflow-datasets '{name}', prepared")

@@ -1,0 +1,69 @@
+"""What the training loop knows of a model: :class:`ModelSpec`, and the :data:`MODELS` registry.
+
+A model is a Flax module called as ``module(images, labels=None, *, train=False)``
+whose output has ``scores`` ``(batch, num_classes)`` (capsule lengths or
+activations: the larger, the likelier). Its spec says how to build it for a
+dataset, what it needs of the data, its loss, and which variable collections
+besides ``params`` it keeps (e.g. ``batch_stats``): the train state carries
+them, the data-parallel step averages them over devices, checkpoints save them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+
+from capsjax.registry import Registry
+
+__all__ = ["ModelSpec", "MODELS"]
+
+Batch = dict[str, jax.Array]
+
+
+def _same(module: nn.Module) -> nn.Module:
+  return module
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A named model.
+
+  Attributes:
+    build: ``(config, dataset) -> module``: the network for a
+      :class:`capsjax.training.TrainConfig` and a
+      :class:`capsjax.data.DatasetSpec`.
+    loss: ``(outputs, batch, config) -> (loss (B,), {name: (B,)})``: the
+      per-example loss and per-example terms to log.
+    collections: variable collections besides ``params`` that the model
+      updates in training (``("batch_stats",)`` for BatchNorm).
+    image_shape: the ``(H, W, C)`` it needs, or None for any.
+    num_classes: the number of classes it needs, or None for any.
+    max_labels: the most labels per example it handles, or None for any.
+    eval_module: ``module -> module`` used for evaluation (e.g. without the
+      decoder, which accuracy does not need).
+    description: one line for ``--help`` and the docs.
+  """
+  build: Callable[[Any, Any], nn.Module]
+  loss: Callable[[Any, Batch, Any], tuple[jax.Array, dict[str, jax.Array]]]
+  collections: tuple[str, ...] = ()
+  image_shape: tuple[int, int, int] | None = None
+  num_classes: int | None = None
+  max_labels: int | None = None
+  eval_module: Callable[[nn.Module], nn.Module] = _same
+  description: str = ""
+
+  def mismatch(self, dataset) -> str | None:
+    """Why this model cannot train on ``dataset`` (a DatasetSpec), or None."""
+    if self.image_shape is not None and tuple(dataset.image_shape) != tuple(self.image_shape):
+      return f"needs images {self.image_shape}, the dataset has {dataset.image_shape}"
+    if self.num_classes is not None and dataset.num_classes != self.num_classes:
+      return f"needs {self.num_classes} classes, the dataset has {dataset.num_classes}"
+    if self.max_labels is not None and dataset.labels_per_example > self.max_labels:
+      return (f"handles at most {self.max_labels} labels per example, the dataset has "
+              f"{dataset.labels_per_example}")
+    return None
+
+
+MODELS: Registry[ModelSpec] = Registry("model", "capsjax.models.MODELS")

@@ -1,0 +1,29 @@
+"""Routing algorithms and capsule non-linearities, as pure ``jax.numpy`` functions.
+
+Routers of vector capsules share one calling convention::
+
+  v, c = router(u_hat, num_iters, **options)
+
+  u_hat  (..., n_in, n_out, d_out)  predictions of each child i for each parent j
+  v      (..., n_out, d_out)        the parent capsules
+  c      (..., n_in, n_out)         the coupling coefficients that produced them
+
+``num_iters`` is a static Python int (routers without iterations ignore it);
+``options`` are keyword-only and router specific (e.g. ``stop_gradient_inner``
+of :func:`dynamic_routing`). Routers are plain functions: no Flax, no state,
+usable under ``jit``, ``vmap`` and ``grad``.
+
+:data:`ROUTERS` maps names to routers; layers take a router as a parameter and
+``--routing NAME`` picks one. A new router is one function and one line::
+
+  @ROUTERS.register("uniform")
+  def uniform(u_hat, num_iters, **options):
+    ...
+"""
+from capsjax.registry import Registry
+from capsjax.routing.dynamic import dynamic_routing, safe_norm, squash
+
+__all__ = ["ROUTERS", "dynamic_routing", "safe_norm", "squash"]
+
+ROUTERS: Registry = Registry("router", "capsjax.routing.ROUTERS")
+ROUTERS.register("dynamic", dynamic_routing)

@@ -1,0 +1,51 @@
+"""Where a run's numbers go: ``metrics.jsonl`` always, TensorBoard when asked.
+
+Only process 0 writes. The TensorBoard log (``--tensorboard true``) uses
+tensorboardX, which needs no TensorFlow: scalars ``<split>/<name>`` for every
+numeric field of a record, and the pictures of the run as images.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+
+__all__ = ["RunLog"]
+
+
+class RunLog:
+  """Appends records to ``workdir/metrics.jsonl`` (and a TensorBoard log)."""
+
+  def __init__(self, workdir: pathlib.Path, tensorboard: bool = False):
+    self.path = workdir / "metrics.jsonl"
+    self.enabled = jax.process_index() == 0
+    self._writer = None
+    if tensorboard and self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._writer = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, record: dict[str, Any]) -> None:
+    """One record ``{"step": int, "split": "train" | "test", name: value, ...}``."""
+    if not self.enabled:
+      return
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._writer is not None:
+      for name, value in record.items():
+        if name not in ("step", "split") and isinstance(value, (int, float)):
+          self._writer.add_scalar(f"{record['split']}/{name}", value, record["step"])
+
+  def pictures(self, paths: list[pathlib.Path], step: int) -> None:
+    """Adds the PNG files ``paths`` to the TensorBoard log as images at ``step``."""
+    if self._writer is None:
+      return
+    import matplotlib.image  # pylint: disable=import-outside-toplevel
+    for path in paths:
+      self._writer.add_image(path.stem, matplotlib.image.imread(path)[..., :3], step,
+                             dataformats="HWC")
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
