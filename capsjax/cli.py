@@ -21,9 +21,17 @@ def _parse_bool(text: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+class Parser(argparse.ArgumentParser):
+  """Reports a bad flag as one line, ``error: ...``, and exit code 2."""
+
+  def error(self, message: str):
+    print(f"error: {message}; see --help.", file=sys.stderr)
+    sys.exit(2)
+
+
 def config_parser(description: str) -> argparse.ArgumentParser:
   """``--config NAME`` and ``--<field>`` for every :class:`TrainConfig` field, typed, with help."""
-  parser = argparse.ArgumentParser(
+  parser = Parser(
       description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default=None, choices=PRESETS.names(), metavar="NAME",
                       help="a preset of capsjax.presets.PRESETS, whose fields the other "

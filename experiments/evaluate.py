@@ -2,18 +2,17 @@
 
   python experiments/evaluate.py --workdir runs/mnist_r3
 """
-import argparse
 import json
 
 from capsjax import cli
 
 
-def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__)
+def main(argv=None) -> int:
+  parser = cli.Parser(description=__doc__)
   parser.add_argument("--workdir", required=True, help="the --workdir of a training run")
   parser.add_argument("--data_source", default=None, help="override the run's data source")
   parser.add_argument("--mnist_dir", default=None, help="override the run's IDX directory")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   cli.setup()
   from capsjax.training import evaluate_workdir
 

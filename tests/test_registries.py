@@ -1,56 +1,24 @@
 """Routers, models and datasets chosen by name; users register their own without
 editing capsjax; presets; model state (BatchNorm) through the train step."""
 import dataclasses
-import importlib.util
 import json
 import pathlib
 
 import chex
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsjax.data import DATASETS, ClassificationTest, DatasetSpec, ShiftedImages
-from capsjax.losses import margin_loss
-from capsjax.models import MODELS, ModelSpec
+from capsjax.data import DATASETS
+from capsjax.models import MODELS
 from capsjax.registry import Registry, UnknownNameError
-from capsjax.routing import ROUTERS, dynamic_routing, safe_norm, squash
+from capsjax.routing import ROUTERS, dynamic_routing, squash
 from capsjax.training import (
     Checkpointer, ConfigError, TrainConfig, init_state, make_mesh, make_model, make_optimizer,
     make_train_step, shard_batch, train_and_evaluate)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def train_script(argv) -> int:
-  """``experiments/train.py``'s main, in this process (so its registries are ours)."""
-  spec = importlib.util.spec_from_file_location("train_script", ROOT / "experiments" / "train.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.main(argv)
-
-
-SMALL = ["--batch_size", "8", "--steps", "2", "--eval_every", "0", "--log_every", "1",
-         "--checkpoint_every", "2", "--test_subset", "16", "--eval_batch_size", "16",
-         "--data_source", "bundled"]
-
-
-@pytest.fixture
-def registered():
-  """Registers into a registry for one test, then removes it."""
-  added = []
-
-  def register(registry, name, item):
-    registry.register(name, item)
-    added.append((registry, name))
-    return item
-
-  yield register
-  for registry, name in added:
-    registry.unregister(name)
+from toys import SMALL, TOY_BN, toy_dataset, train_script
 
 
 @pytest.fixture(autouse=True)
@@ -100,17 +68,7 @@ def test_router_options_and_unknown_names_are_config_errors(tmp_path, registered
 
 
 # ----------------------------------------------------------------------------
-# A toy dataset spec: 3 channels, 4 classes, 24x24.
-
-def toy_dataset(num_classes=4, shape=(24, 24, 3), n=64):
-  def build(config):
-    rng = np.random.default_rng(config.seed)
-    images = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
-    labels = np.arange(n) % num_classes
-    return (ShiftedImages(images, labels, seed=config.seed, num_classes=num_classes),
-            ClassificationTest(images[:16], labels[:16], num_classes=num_classes))
-  return DatasetSpec(shape, num_classes, 1, 100, build, "random colour squares")
-
+# A toy dataset spec (toys.py): 3 channels, 4 classes, 24x24.
 
 @pytest.mark.slow
 def test_toy_dataset_registered_outside_the_package_trains(tmp_path, registered):
@@ -139,33 +97,7 @@ def test_model_that_does_not_fit_the_dataset_is_a_config_error(tmp_path, registe
 
 
 # ----------------------------------------------------------------------------
-# A model with BatchNorm: batch_stats through the state, the step, checkpoints.
-
-@flax.struct.dataclass
-class ToyOutput:
-  scores: jax.Array
-
-
-class ToyBatchNormCaps(nn.Module):
-  num_classes: int = 4
-
-  @nn.compact
-  def __call__(self, images, labels=None, *, train=False):
-    x = nn.Dense(8, name="dense")(images.reshape(images.shape[0], -1))
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x)
-    caps = nn.Dense(self.num_classes * 4, name="caps")(nn.relu(x))
-    v = squash(caps.reshape(-1, self.num_classes, 4))
-    return ToyOutput(safe_norm(v, axis=-1))
-
-
-def toy_loss(out, batch, config):
-  del config
-  return margin_loss(out.scores, batch["multi_hot"]), {}
-
-
-TOY_BN = ModelSpec(build=lambda config, data: ToyBatchNormCaps(data.num_classes),
-                   loss=toy_loss, collections=("batch_stats",), description="BatchNorm toy")
-
+# A model with BatchNorm (toys.py): batch_stats through the state, the step, checkpoints.
 
 def test_batch_stats_are_carried_and_averaged_over_devices(tmp_path, registered):
   registered(MODELS, "toy_bn", TOY_BN)
@@ -256,3 +188,19 @@ def test_registry_names_errors_and_duplicates():
   assert registry["a"] == 2
   assert ROUTERS["dynamic"] is dynamic_routing and "capsnet" in MODELS
   assert {"mnist", "multimnist", "fashion_mnist"} <= set(DATASETS)
+
+
+@pytest.mark.slow
+def test_prepared_tfds_dataset_trains_by_name(tmp_path):
+  import tensorflow_datasets as tfds
+  workdir = tmp_path / "run"
+  with tfds.testing.mock_data(num_examples=16):
+    assert train_script(["--dataset", "tfds:cifar10", *SMALL, "--workdir", str(workdir)]) == 0
+    config = TrainConfig.load(workdir / "config.json")
+    model, tx = make_model(config), make_optimizer(config)  # reads the dataset's features
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
+  assert [r["test_examples"] for r in records if r["split"] == "test"] == [16]
+  state = Checkpointer(workdir / "checkpoints").restore(init_state(model, tx, (32, 32, 3), 0))
+  chex.assert_shape(state.params["conv1"]["kernel"], (9, 9, 3, 256))
+  chex.assert_shape(state.params["decoder"]["fc3"]["kernel"], (1024, 32 * 32 * 3))

@@ -130,13 +130,14 @@ def _load_idx_split(directory: str | os.PathLike, split: str) -> tuple[np.ndarra
   return images, labels.astype(np.int32)
 
 
-def _verify_bundled() -> None:
-  for line in (BUNDLED_DIR / "SHA256SUMS").read_text().splitlines():
+def _verify_bundled(directory: pathlib.Path) -> None:
+  """Checks the bundled files against their ``SHA256SUMS``."""
+  for line in (directory / "SHA256SUMS").read_text().splitlines():
     digest, name = line.split()
-    actual = hashlib.sha256((BUNDLED_DIR / name).read_bytes()).hexdigest()
+    actual = hashlib.sha256((directory / name).read_bytes()).hexdigest()
     if actual != digest:
       raise MnistFileError(
-          f"bundled {BUNDLED_DIR / name} fails its SHA256 check; reinstall capsjax.")
+          f"bundled {directory / name} fails its SHA256 check; reinstall capsjax.")
 
 
 # ----------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def load_idx_dataset(
           "download manager fetches it), or idx with --mnist_dir DIR holding its four "
           "IDX files.")
     log.info("%s %s: bundled copy (asked for)", name, split)
-    _verify_bundled()
+    _verify_bundled(dataset.bundled)
     return _load_idx_split(dataset.bundled, split)
 
   prepared = _tfds_prepared(name, split, tfds_data_dir)
@@ -279,7 +280,7 @@ def load_idx_dataset(
         f"tensorflow-datasets has no prepared {name} and the download host is "
         f"unreachable; {fallback}.")
   log.info("%s %s: bundled copy (no prepared tfds dataset and offline)", name, split)
-  _verify_bundled()
+  _verify_bundled(dataset.bundled)
   return _load_idx_split(dataset.bundled, split)
 
 

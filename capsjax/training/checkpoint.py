@@ -28,6 +28,12 @@ def _on_disk(state) -> dict:
   return tree
 
 
+def _is_structure_mismatch(error: Exception) -> bool:
+  """Whether orbax refused the restore because the trees differ (not the data)."""
+  text = str(error).lower()
+  return "tree structures do not match" in text or "not compatible with the stored shape" in text
+
+
 class Checkpointer:
   """Saves and restores a train-state pytree under ``directory/<step>``."""
 
@@ -49,18 +55,32 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def restore(self, target, step: int | None = None):
-    """Restores checkpoint ``step`` (default: latest) into the structure of ``target``."""
+    """Restores checkpoint ``step`` (default: latest) into the structure of ``target``.
+
+    Raises :class:`CheckpointError` saying what failed: no such checkpoint, a
+    structure that is not this configuration's state, or unreadable data.
+    """
     step = self.latest_step() if step is None else step
     path = self.directory / str(step)
+    if step is None or not path.is_dir():
+      raise CheckpointError(
+          f"there is no checkpoint {path}; the checkpoints in {self.directory} are "
+          f"{self._manager.all_steps() or 'none'}.")
     try:
       tree = self._manager.restore(step, args=ocp.args.StandardRestore(_on_disk(target)))
       return target.replace(**tree)
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+      reason = (f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e)
+                else type(e).__name__)
+      if _is_structure_mismatch(e):
+        what = ("does not hold the state of this configuration (another model, dataset or "
+                "optimizer)")
+      else:
+        what = "is corrupt or truncated"
       raise CheckpointError(
-          f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
-          f"{str(e).splitlines()[0][:200] if str(e) else ''}). It was left untouched; "
-          f"move it out of {self.directory} to resume from an earlier checkpoint, or "
-          "start in a new --workdir.") from None
+          f"checkpoint {path} {what} ({reason}). It was left untouched; move it out of "
+          f"{self.directory} to resume from an earlier checkpoint, or start in a new "
+          "--workdir.") from None
 
   def close(self) -> None:
     self._manager.close()

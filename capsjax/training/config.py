@@ -100,7 +100,13 @@ class TrainConfig:
       "convolution; the official code's is 0.03125 = 1/32, used with --digit_caps_init 0.1)"))
   tensorboard: bool = flag(False, "also write a TensorBoard log to <workdir>/tensorboard "
                            "(needs tensorboardX: pip install 'capsjax[tensorboard]')")
-  distributed: bool = flag(False, "call jax.distributed.initialize() first (multi-host runs)")
+  distributed: bool = flag(False, "call jax.distributed.initialize() first (multi-host runs; "
+                           "on SLURM, Open MPI or Cloud TPU it finds the other processes)")
+  coordinator_address: str = flag("", "with --distributed: host:port of process 0, for "
+                                   "clusters JAX does not detect (with --num_processes and "
+                                   "--process_id)")
+  num_processes: int = flag(0, "with --coordinator_address: the number of processes")
+  process_id: int = flag(0, "with --coordinator_address: this process's index, from 0")
 
   # --------------------------------------------------------------------------
 
@@ -161,6 +167,9 @@ class TrainConfig:
          f"--data_source {self.data_source!r} is unknown; use one of {', '.join(DATA_SOURCES)}.")
     need(self.data_source != "idx" or self.mnist_dir,
          "--data_source idx needs --mnist_dir, the directory of the four IDX files.")
+    need(not self.mnist_dir or os.path.isdir(self.mnist_dir),
+         f"--mnist_dir {self.mnist_dir} is not a directory; give the directory of the four "
+         "IDX files.")
     need(self.routing_iters >= 1,
          f"--routing_iters must be >= 1 (got {self.routing_iters}); the paper uses 3.")
     need(self.batch_size >= 1, f"--batch_size must be >= 1 (got {self.batch_size}).")
@@ -171,6 +180,7 @@ class TrainConfig:
          f"--eval_batch_size {self.eval_batch_size} must be a positive multiple of the "
          f"{num_devices} devices.")
     need(self.steps > 0 or self.epochs > 0, "give --steps > 0 or --epochs > 0.")
+    need(self.steps >= 0, f"--steps must be >= 0 (got {self.steps}; 0: use --epochs).")
     need(self.lr > 0 and self.lr_min >= 0, "--lr must be > 0 and --lr_min >= 0.")
     need(0 < self.lr_decay_rate <= 1,
          f"--lr_decay_rate must be in (0, 1] (got {self.lr_decay_rate}); the paper's is 0.96.")
@@ -187,6 +197,10 @@ class TrainConfig:
     need(self.eval_every >= 0, "--eval_every must be >= 0.")
     need(self.test_pairs_per_digit >= 1, "--test_pairs_per_digit must be >= 1.")
     need(self.test_subset >= 0, "--test_subset must be >= 0 (0: the whole test split).")
+    need(not self.coordinator_address or (
+        self.distributed and self.num_processes >= 1 and 0 <= self.process_id < self.num_processes),
+         "--coordinator_address needs --distributed true, --num_processes >= 1 and "
+         "0 <= --process_id < --num_processes.")
     need(not self.tensorboard or importlib.util.find_spec("tensorboardX") is not None,
          "--tensorboard true needs tensorboardX; pip install 'capsjax[tensorboard]'.")
     spec = self.model_spec
@@ -218,6 +232,16 @@ class TrainConfig:
     """The identity fields in which ``other`` differs, as ``--flag old -> new``."""
     return [f"--{name} {getattr(other, name)!r} -> {getattr(self, name)!r}"
             for name in IDENTITY_FIELDS if getattr(self, name) != getattr(other, name)]
+
+  def initialize_distributed(self) -> None:
+    """``jax.distributed.initialize`` as the flags say (before any JAX computation)."""
+    if not self.distributed:
+      return
+    import jax  # pylint: disable=import-outside-toplevel
+    if self.coordinator_address:
+      jax.distributed.initialize(self.coordinator_address, self.num_processes, self.process_id)
+    else:
+      jax.distributed.initialize()
 
   def replace(self, **changes) -> "TrainConfig":
     return dataclasses.replace(self, **changes)

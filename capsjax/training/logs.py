@@ -7,6 +7,7 @@ numeric field of a record, and the pictures of the run as images.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -16,15 +17,25 @@ __all__ = ["RunLog"]
 
 
 class RunLog:
-  """Appends records to ``workdir/metrics.jsonl`` (and a TensorBoard log)."""
+  """Appends records to ``workdir/metrics.jsonl`` (and a TensorBoard log).
 
-  def __init__(self, workdir: pathlib.Path, tensorboard: bool = False):
+  A run resumed from the checkpoint of step ``resume_step`` first drops what a
+  killed run wrote after that step (and a line torn by the kill), atomically,
+  so that after any sequence of kills and resumes each step is logged once.
+  """
+
+  def __init__(self, workdir: pathlib.Path, tensorboard: bool = False, resume_step: int = 0):
     self.path = workdir / "metrics.jsonl"
     self.enabled = jax.process_index() == 0
     self._writer = None
-    if tensorboard and self.enabled:
+    if not self.enabled:
+      return
+    _truncate(self.path, resume_step)
+    if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._writer = SummaryWriter(str(workdir / "tensorboard"))
+      # purge_step hides the events a killed run wrote past the checkpoint.
+      self._writer = SummaryWriter(str(workdir / "tensorboard"),
+                                   purge_step=resume_step or None)
 
   def write(self, record: dict[str, Any]) -> None:
     """One record ``{"step": int, "split": "train" | "test", name: value, ...}``."""
@@ -49,3 +60,23 @@ class RunLog:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+
+
+def _truncate(path: pathlib.Path, last_step: int) -> None:
+  """Keeps the whole records of ``path`` up to ``last_step``; atomic (tmp, rename)."""
+  if not path.exists():
+    return
+  kept, changed = [], False
+  for line in path.read_text().splitlines(keepends=True):
+    try:
+      record = json.loads(line) if line.endswith("\n") else None
+    except json.JSONDecodeError:
+      record = None
+    if record is not None and record.get("step", 0) <= last_step:
+      kept.append(line)
+    else:
+      changed = True
+  if changed:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)

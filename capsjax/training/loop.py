@@ -70,9 +70,10 @@ def prepare_workdir(config: TrainConfig) -> pathlib.Path:
     raise ConfigError(
         f"--workdir {workdir} holds checkpoints but no config.json, so they cannot be "
         "matched to this configuration; use a new --workdir.")
-  tmp = saved.with_suffix(".json.tmp")
-  tmp.write_text(config.to_json())
-  os.replace(tmp, saved)
+  if jax.process_index() == 0:  # one writer; the other processes check against it
+    tmp = saved.with_suffix(".json.tmp")
+    tmp.write_text(config.to_json())
+    os.replace(tmp, saved)
   return workdir
 
 
@@ -132,8 +133,7 @@ def _progress(total: int, initial: int):
 
 def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   """Trains (or resumes) according to ``config``; returns the summary record."""
-  if config.distributed:
-    jax.distributed.initialize()
+  config.initialize_distributed()
   mesh = make_mesh()
   config.validate(num_devices=mesh.size)
   workdir = prepare_workdir(config)
@@ -152,7 +152,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
 
   train_step = make_train_step(model, tx, mesh, config)
   eval_step = make_eval_step(config.model_spec.eval_module(model), mesh)
-  run_log = RunLog(workdir, config.tensorboard)
+  run_log = RunLog(workdir, config.tensorboard, resume_step=start)
   schedule = make_schedule(config)
 
   def make_batch(step):
@@ -168,14 +168,19 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   images_per_sec = 0.0
 
   def check(step_done: int, metrics) -> None:
-    nonlocal last_good
+    """Raises unless the loss, the gradients and the new parameters of step
+    ``step_done`` are finite; only a checked state is saved or reported."""
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(metrics["loss"]):
+    finite_params = metrics.pop("params_finite") == 1.0
+    bad = [f"{name} is {metrics[name]}" for name in ("loss", "grad_norm")
+           if not math.isfinite(metrics[name])]
+    if bad or not finite_params:
       where = (f"the last good checkpoint (step {last_good}) is kept in {checkpoints.directory}"
                if last_good is not None else "no checkpoint was saved")
+      what = "; ".join(bad) if bad else "the parameters are not finite"
       raise NonFiniteLossError(
-          f"loss is {metrics['loss']} at step {step_done}; stopped, {where}. Lower --lr, "
-          "or use --precision fp32.")
+          f"{what} at step {step_done}; stopped, {where}. Lower --lr, or use --precision "
+          "fp32.")
     window.append(metrics)
 
   def save(step_done: int) -> None:
@@ -204,8 +209,9 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         elapsed = time.perf_counter() - window_start
         images_per_sec = len(window) * config.batch_size / max(elapsed, 1e-9)
         mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        # The learning rate of this step's update (optax counts updates from 0).
         run_log.write({"step": step, "split": "train", **mean,
-                           "lr": float(schedule(step)), "images_per_sec": images_per_sec})
+                       "lr": float(schedule(step - 1)), "images_per_sec": images_per_sec})
         bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{100 * mean['accuracy']:.1f}%",
                         img_s=f"{images_per_sec:.0f}", refresh=False)
         window.clear()
@@ -213,7 +219,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
       if do_save:
         save(step)
       if do_eval:
-        last_eval = evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size)
+        last_eval = evaluate(eval_step, variables_of(state), test_data, mesh,
+                             config.eval_batch_size)
         run_log.write({"step": step, "split": "test", **last_eval})
         bar.write(f"step {step}: test accuracy {100 * last_eval['accuracy']:.2f}%"
                   + (f" (per digit {100 * last_eval['per_digit_accuracy']:.2f}%)"
@@ -225,13 +232,14 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
 
   summary = {"step": step, "total_steps": total_steps, "workdir": str(workdir),
              "images_per_sec": images_per_sec, **last_eval}
-  if stop.signum:
+  if stop.signum and step < total_steps:  # a signal during the last step ends a finished run
     summary["interrupted"] = signal.Signals(stop.signum).name
     run_log.close()
     checkpoints.close()
     return summary
   if start == total_steps:  # nothing left to train: evaluate what is there
-    summary.update(evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size))
+    summary.update(evaluate(eval_step, variables_of(state), test_data, mesh,
+                            config.eval_batch_size))
   pictures = write_pictures(model, variables_of(state), test_data, workdir)
   run_log.pictures(pictures, step)
   run_log.close()

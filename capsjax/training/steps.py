@@ -132,6 +132,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    # Whether the new parameters are all finite: the loss of this step was
+    # computed from the old ones, so only this says the new state is good.
+    metrics["params_finite"] = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])).astype(jnp.float32)
     return TrainState(state.step + 1, params, opt_state, model_state), metrics
 
   replicated = NamedSharding(mesh, P())
