@@ -246,6 +246,8 @@ BAD_FLAGS = [
     (["--config", "no_such_preset"], "argument --config: invalid choice: 'no_such_preset'"),
     (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag 1"),
     (["--workdir", "{file}/run"], "--workdir {file}/run is not writable"),
+    (["--dataset", "multimnist", "--test_subset", "5", "--data_source", "bundled"],
+     "--test_subset 5: every class 0..9 needs at least one image"),
 ]
 
 

@@ -136,8 +136,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   config.initialize_distributed()
   mesh = make_mesh()
   config.validate(num_devices=mesh.size)
+  train_data, test_data = make_datasets(config)  # before the workdir: a data error writes nothing
   workdir = prepare_workdir(config)
-  train_data, test_data = make_datasets(config)
   total_steps = config.total_steps(len(train_data))
 
   model = make_model(config)
