@@ -1,13 +1,15 @@
 """Train-step benchmark: compile time, step time, images/s, FLOPs and MFU.
 
-Runs the library's own data-parallel train step (CapsNet, decoder, margin +
-reconstruction loss, Adam) on all devices, on synthetic data. Unchanged on
-CPU, GPU and TPU.
+Runs the library's own data-parallel train step (a registered model, default
+CapsNet, with its decoder and loss, Adam) on all devices, on synthetic data.
+Unchanged on CPU, GPU and TPU. CapsNet's FLOPs are counted analytically; other
+models' are XLA's cost analysis of the compiled step.
 
   python benchmarks/bench_train_step.py                       # table
   python benchmarks/bench_train_step.py --torch               # + PyTorch peer, ratio
   python benchmarks/bench_train_step.py --sizes 28 --batch_sizes 128 --json
   python benchmarks/bench_train_step.py --conv_impl xla       # native conv (slow on CPU)
+  python benchmarks/bench_train_step.py --model efficient_capsnet --sizes 28 --routing 1
 """
 from __future__ import annotations
 
@@ -58,14 +60,14 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
 
 
 def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
-               conv_impl: str = "auto"):
+               conv_impl: str = "auto", model: str = "capsnet"):
   """The library's train step, compiled for a synthetic batch.
 
   ``conv_impl`` picks the convolution formulation (see :mod:`capsjax.conv`).
 
   Returns ``(compiled step, state, batch, compile seconds, XLA FLOPs per step)``.
   """
-  config = TrainConfig(dataset="multimnist" if size == 36 else "mnist",
+  config = TrainConfig(model=model, dataset="multimnist" if size == 36 else "mnist",
                        routing_iters=routing_iters, batch_size=batch_size, precision=precision)
   mesh = make_mesh()
   config.validate(mesh.size)
@@ -94,9 +96,9 @@ def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
 
 
 def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
-              steps: int, warmup: int, conv_impl: str = "auto") -> dict:
+              steps: int, warmup: int, conv_impl: str = "auto", model: str = "capsnet") -> dict:
   compiled, state, batch, compile_s, xla_flops = build_step(
-      size, routing_iters, batch_size, precision, conv_impl)
+      size, routing_iters, batch_size, precision, conv_impl, model)
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
@@ -107,9 +109,11 @@ def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times)
-  flops = analytic_flops_per_image(size, routing_iters)
+  flops = (analytic_flops_per_image(size, routing_iters) if model == "capsnet"
+           else xla_flops / batch_size)
   return {
-      "backend": jax.default_backend(), "devices": jax.device_count(), "size": size,
+      "model": model, "backend": jax.default_backend(), "devices": jax.device_count(),
+      "size": size,
       "routing_iters": routing_iters, "batch_size": batch_size, "precision": precision,
       "conv_impl": conv_impl,
       "compile_s": compile_s, "step_s": step_s, "images_per_s": batch_size / step_s,
@@ -135,6 +139,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   ints = lambda s: [int(x) for x in s.split(",")]
+  parser.add_argument("--model", default="capsnet", help="a name in capsjax.models.MODELS")
   parser.add_argument("--sizes", type=ints, default=[28, 36])
   parser.add_argument("--routing", type=ints, default=[1, 3])
   parser.add_argument("--batch_sizes", type=ints, default=[32, 128])
@@ -150,7 +155,8 @@ def main():
   peaks = {p: matmul_peak(jnp.bfloat16 if p == "bf16" else jnp.float32)
            for p in args.precisions.split(",")}
   conv = args.conv_impl if args.conv_impl != "auto" else default_conv_impl()
-  print(f"# {jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind}); "
+  print(f"# {args.model}; {jax.default_backend()} x{jax.device_count()} "
+        f"({jax.devices()[0].device_kind}); "
         f"{conv} convolutions; "
         + ", ".join(f"{p} matmul peak {v:,.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
   header = (f"{'size':>4} {'r':>2} {'batch':>5} {'prec':>5} {'compile s':>9} {'step ms':>9} "
@@ -163,7 +169,7 @@ def main():
     for size in args.sizes:
       for r in args.routing:
         for b in args.batch_sizes:
-          row = bench_one(size, r, b, precision, args.steps, args.warmup, conv)
+          row = bench_one(size, r, b, precision, args.steps, args.warmup, conv, args.model)
           row["matmul_peak_gflop_per_s"] = peaks[precision]
           row["mfu"] = row["gflop_per_s"] / peaks[precision]
           if args.torch:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["conv2d", "default_conv_impl", "CONV_IMPLS"]
+__all__ = ["conv2d", "depthwise_conv2d", "default_conv_impl", "CONV_IMPLS"]
 
 CONV_IMPLS = ("auto", "xla", "im2col")
 
@@ -80,3 +80,42 @@ def conv2d(
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   patches = _extract_patches(x, kh, kw, stride)
   return jnp.dot(patches, kernel.reshape(kh * kw * c_in, c_out))
+
+
+def depthwise_conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int = 1,
+    impl: str = "auto",
+) -> jax.Array:
+  """VALID depthwise 2-D convolution (one filter per channel), NHWC input.
+
+  Args:
+    x: input ``(batch, H, W, C)``.
+    kernel: ``(kh, kw, 1, C)``, as TF/Keras store a ``groups=C`` kernel.
+    stride: the same stride in both spatial directions.
+    impl: as for :func:`conv2d`; ``"im2col"`` multiplies the patches by the
+      kernel and sums over the taps.
+
+  Returns:
+    ``(batch, (H - kh) // stride + 1, (W - kw) // stride + 1, C)``.
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}.")
+  if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != 1 or x.shape[-1] != kernel.shape[3]:
+    raise ValueError(
+        f"expected x (B, H, W, C) and kernel (kh, kw, 1, C) with matching C; got "
+        f"x {x.shape} and kernel {kernel.shape}.")
+  kh, kw, _, channels = kernel.shape
+  if x.shape[1] < kh or x.shape[2] < kw:
+    raise ValueError(
+        f"input {x.shape[1]}x{x.shape[2]} is smaller than the {kh}x{kw} kernel.")
+  if impl == "auto":
+    impl = default_conv_impl()
+  if impl == "xla":
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+  patches = _extract_patches(x, kh, kw, stride)               # (B, H', W', kh * kw * C)
+  patches = patches.reshape(*patches.shape[:3], kh * kw, channels)
+  return jnp.einsum("bhwtc,tc->bhwc", patches, kernel.reshape(kh * kw, channels))

@@ -3,6 +3,7 @@
 The pieces a researcher composes into their own network:
 
   Conv         VALID convolution through :func:`capsjax.conv.conv2d`
+  DepthwiseConv  VALID depthwise convolution through :func:`capsjax.conv.depthwise_conv2d`
   PrimaryCaps  convolution -> squashed capsules   (B, H, W, C) -> (B, n, d)
   DenseCaps    fully connected capsules, routed   (B, n_in, d_in) -> v (B, n_out, d_out), c
   Decoder      masked class capsules -> image      (..., n_classes, d) -> (..., H, W, C)
@@ -19,13 +20,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from capsjax.conv import conv2d
+from capsjax.conv import conv2d, depthwise_conv2d
 from capsjax.routing import dynamic_routing, squash
 
-__all__ = ["Conv", "PrimaryCaps", "DenseCaps", "Decoder", "DIGIT_CAPS_INIT",
-           "OFFICIAL_PRIMARY_CAPS_SCALE"]
+__all__ = ["Conv", "DepthwiseConv", "PrimaryCaps", "DenseCaps", "Decoder", "mask_capsules",
+           "DIGIT_CAPS_INIT", "OFFICIAL_PRIMARY_CAPS_SCALE"]
 
 Dtype = Any
+Initializer = Callable[..., jax.Array]
 Router = Callable[..., tuple[jax.Array, jax.Array]]
 
 # Initialisers of the official code: weights from truncated normals (stddev
@@ -53,16 +55,42 @@ class Conv(nn.Module):
   conv_impl: str = "auto"
   init_stddev: float = 0.05
   kernel_scale: float = 1.0  # the convolution uses kernel_scale * kernel
+  kernel_init: Initializer | None = None  # None: truncated normal of init_stddev
+  bias_init: Initializer = _BIAS_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
-        "kernel", nn.initializers.truncated_normal(self.init_stddev),
+        "kernel", self.kernel_init or nn.initializers.truncated_normal(self.init_stddev),
         (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", _BIAS_INIT, (self.features,), jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
     if self.kernel_scale != 1.0:
       kernel = kernel * self.kernel_scale
     y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.conv_impl)
+    return y + bias.astype(self.dtype)
+
+
+class DepthwiseConv(nn.Module):
+  """VALID depthwise convolution, one ``kernel_size`` filter per channel, with bias.
+
+  ``(B, H, W, C)`` -> ``(B, (H - k) // stride + 1, (W - k) // stride + 1, C)``; the
+  kernel is ``(k, k, 1, C)`` (Keras' ``groups=C`` layout and Glorot-uniform init).
+  """
+  kernel_size: int
+  stride: int = 1
+  dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
+  kernel_init: Initializer = nn.initializers.glorot_uniform()
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init,
+                        (self.kernel_size, self.kernel_size, 1, channels), jnp.float32)
+    bias = self.param("bias", self.bias_init, (channels,), jnp.float32)
+    y = depthwise_conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+                         self.conv_impl)
     return y + bias.astype(self.dtype)
 
 
@@ -95,8 +123,10 @@ class DenseCaps(nn.Module):
   ``u (B, n_in, d_in)`` -> ``u_hat = W_ij u_i (B, n_in, num_caps, caps_dim)`` ->
   ``routing(u_hat, routing_iters) = (v (B, num_caps, caps_dim), c (B, n_in, num_caps))``.
   The router is a parameter (default :func:`capsjax.routing.dynamic_routing`);
-  routing runs in float32. Nothing of the routing is a parameter: its logits
-  restart on every call.
+  routing runs in float32. The routing logits are not parameters: they
+  restart on every call. With ``routing_bias`` the layer learns a prior
+  ``b (n_in, num_caps)``, zero at init, passed to the router as ``bias=``
+  (as :func:`capsjax.routing.self_attention_routing` takes it).
   """
   num_caps: int = 10
   caps_dim: int = 16
@@ -104,14 +134,20 @@ class DenseCaps(nn.Module):
   routing_iters: int = 3
   dtype: Dtype = jnp.float32
   init_stddev: float = DIGIT_CAPS_INIT
+  kernel_init: Initializer | None = None  # None: truncated normal of init_stddev
+  routing_bias: bool = False
 
   @nn.compact
   def __call__(self, u: jax.Array) -> tuple[jax.Array, jax.Array]:
     _, n_in, d_in = u.shape
-    w = self.param("W", nn.initializers.truncated_normal(self.init_stddev),
+    w = self.param("W", self.kernel_init or nn.initializers.truncated_normal(self.init_stddev),
                    (n_in, self.num_caps, self.caps_dim, d_in), jnp.float32)
     u_hat = jnp.einsum("bik,ijdk->bijd", u.astype(self.dtype), w.astype(self.dtype))
-    return self.routing(u_hat.astype(jnp.float32), self.routing_iters)
+    options = {}
+    if self.routing_bias:
+      options["bias"] = self.param("b", nn.initializers.zeros, (n_in, self.num_caps),
+                                   jnp.float32)
+    return self.routing(u_hat.astype(jnp.float32), self.routing_iters, **options)
 
 
 class Decoder(nn.Module):
@@ -132,3 +168,26 @@ class Decoder(nn.Module):
     x = nn.Dense(self.height * self.width * self.channels, dtype=self.dtype, name="fc3")(x)
     x = nn.sigmoid(x)
     return x.reshape(*x.shape[:-1], self.height, self.width, self.channels).astype(jnp.float32)
+
+
+def mask_capsules(v: jax.Array, lengths: jax.Array, labels: jax.Array | None,
+                  num_reconstructions: int) -> tuple[jax.Array, jax.Array]:
+  """The decoder inputs: class capsules masked by labels, one pass per label.
+
+  Args:
+    v: class capsules ``(B, num_classes, d)``.
+    lengths: their lengths ``(B, num_classes)``.
+    labels: int ``(B,)`` or ``(B, K)`` (training), or None: the
+      ``num_reconstructions`` longest capsules (evaluation).
+    num_reconstructions: ``K`` when ``labels`` is None.
+
+  Returns:
+    ``(masked (B, K, num_classes, d), labels (B, K) int32)``.
+  """
+  if labels is None:
+    _, labels = jax.lax.top_k(lengths, num_reconstructions)
+  elif labels.ndim == 1:
+    labels = labels[:, None]
+  labels = labels.astype(jnp.int32)
+  masks = jax.nn.one_hot(labels, v.shape[-2], dtype=v.dtype)  # (B, K, classes)
+  return masks[..., None] * v[:, None], labels

@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["randint", "epoch_order", "global_indices"]
+__all__ = ["randint", "uniform", "normal", "epoch_order", "global_indices"]
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -57,3 +57,16 @@ def global_indices(step: int, batch_size: int, process_index: int = 0,
   local = batch_size // process_count
   start = step * batch_size + process_index * local
   return np.arange(start, start + local, dtype=np.int64)
+
+
+def uniform(seed: int, index: np.ndarray, stream: int) -> np.ndarray:
+  """Uniform float64 in ``[0, 1)`` for each ``index`` in ``stream`` (53 random bits)."""
+  return (_hash(seed, index, stream) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def normal(seed: int, index: np.ndarray, stream: int) -> np.ndarray:
+  """Standard normal float64 for each ``index`` in ``stream`` (Box-Muller on two
+  uniforms of the streams ``2 * stream`` and ``2 * stream + 1`` offset by 1000)."""
+  u1 = uniform(seed, index, 1000 + 2 * stream)
+  u2 = uniform(seed, index, 1001 + 2 * stream)
+  return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2 * np.pi * u2)

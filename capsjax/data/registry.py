@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from capsjax.data.augment import efficient_capsnet_augment
 from capsjax.data.errors import DataError
 from capsjax.data.mnist import load_idx_dataset
 from capsjax.data.multimnist import MultiMNIST
-from capsjax.data.shifted import ClassificationTest, ShiftedImages
+from capsjax.data.shifted import AugmentedImages, ClassificationTest, ShiftedImages
 from capsjax.data.tfds_images import load_tfds_split, tfds_info
 from capsjax.registry import Registry
 
@@ -77,6 +78,12 @@ def _single_label(name: str, config):
           ClassificationTest(test_x, test_y))
 
 
+def _augmented_mnist(config):
+  (train_x, train_y), (test_x, test_y) = _idx_splits("mnist", config)
+  return (AugmentedImages(train_x, train_y, seed=config.seed, augment=efficient_capsnet_augment),
+          ClassificationTest(test_x, test_y))
+
+
 def _multimnist(config):
   (train_x, train_y), (test_x, test_y) = _idx_splits("mnist", config)
   train = MultiMNIST(train_x, train_y, seed=config.seed)
@@ -95,6 +102,10 @@ DATASETS.register("mnist", DatasetSpec(
 DATASETS.register("fashion_mnist", DatasetSpec(
     (28, 28, 1), 10, 1, 2000, lambda config: _single_label("fashion_mnist", config),
     "Fashion-MNIST, 28x28, shifted by up to 2 px in training"))
+DATASETS.register("mnist_augmented", DatasetSpec(
+    (28, 28, 1), 10, 1, 3750, _augmented_mnist,
+    "MNIST with Efficient-CapsNet's augmentation: rotation, shift within the margins, width "
+    "squish, erasure (decay period: one epoch of batch 16)"))
 DATASETS.register("multimnist", DatasetSpec(
     (36, 36, 1), 10, 2, 20_000, _multimnist,
     "MultiMNIST: pairs of overlapping MNIST digits, 36x36 (the paper, section 6)"))

@@ -1,14 +1,14 @@
-"""Single-label image datasets: shifted training examples and the fixed test split."""
+"""Single-label image datasets: shifted or augmented training examples, the fixed test split."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from capsjax.data.images import as_nhwc, classification_batch, place
+from capsjax.data.images import as_nhwc, classification_batch, place, to_float
 from capsjax.data.random import epoch_order, global_indices, randint
 
-__all__ = ["ShiftedImages", "ClassificationTest"]
+__all__ = ["ShiftedImages", "AugmentedImages", "ClassificationTest"]
 
 
 class ShiftedImages:
@@ -47,6 +47,37 @@ class ShiftedImages:
     padded = place(self.images[chosen], dy, dx, h + 2 * m, w + 2 * m)
     image = padded[:, m:m + h, m:m + w]
     return classification_batch(image, self.labels[chosen], self.num_classes)
+
+
+class AugmentedImages:
+  """A grey training split through an augmentation ``augment(images, seed, index)``
+  of float ``(N, H, W)`` images in [0, 1] (e.g.
+  :func:`capsjax.data.augment.efficient_capsnet_augment`); the reconstruction
+  target is the augmented image."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, seed: int,
+               augment: Callable[[np.ndarray, int, np.ndarray], np.ndarray],
+               num_classes: int = 10):
+    self.images, self.labels = as_nhwc(images, labels)
+    if self.images.shape[-1] != 1:
+      raise ValueError(f"AugmentedImages takes grey images; got {self.images.shape[1:]}.")
+    self.seed = int(seed)
+    self.augment = augment
+    self.num_classes = num_classes
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def batch(self, step: int, batch_size: int, *, process_index: int = 0,
+            process_count: int = 1) -> dict[str, np.ndarray]:
+    """Training batch ``step`` (global size ``batch_size``), or this process's rows."""
+    index = global_indices(step, batch_size, process_index, process_count)
+    chosen = epoch_order(self.seed, len(self), index)
+    image = self.augment(to_float(self.images[chosen, ..., 0]), self.seed, index)[..., None]
+    labels = self.labels[chosen].astype(np.int32)
+    return {"image": image.astype(np.float32), "labels": labels[:, None],
+            "multi_hot": np.eye(self.num_classes, dtype=np.float32)[labels],
+            "components": image[:, None].astype(np.float32)}
 
 
 class ClassificationTest:

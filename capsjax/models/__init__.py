@@ -1,11 +1,14 @@
 """Models: the :data:`MODELS` registry of named networks, and the networks.
 
-  capsnet   CapsNet of Sabour, Frosst & Hinton (2017)    capsjax.models.capsnet
+  capsnet            CapsNet of Sabour, Frosst & Hinton (2017)         capsjax.models.capsnet
+  efficient_capsnet  Efficient-CapsNet of Mazzia et al. (2021)         capsjax.models.efficient_capsnet
 
 A new model is one module here that builds a Flax network from the layers
 in :mod:`capsjax.layers` and registers a :class:`ModelSpec`.
 """
-from capsjax.models.registry import MODELS, ModelSpec
+from capsjax.models.registry import DATA_AXIS, MODELS, ModelSpec
 from capsjax.models.capsnet import CapsNet, CapsNetOutput, capsule_loss
+from capsjax.models.efficient_capsnet import EfficientCapsNet
 
-__all__ = ["MODELS", "ModelSpec", "CapsNet", "CapsNetOutput", "capsule_loss"]
+__all__ = ["DATA_AXIS", "MODELS", "ModelSpec", "CapsNet", "CapsNetOutput", "EfficientCapsNet",
+           "capsule_loss"]

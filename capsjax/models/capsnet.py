@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from capsjax.layers import DIGIT_CAPS_INIT, Conv, Decoder, DenseCaps, PrimaryCaps
+from capsjax.layers import DIGIT_CAPS_INIT, Conv, Decoder, DenseCaps, PrimaryCaps, mask_capsules
 from capsjax.losses import margin_loss, reconstruction_loss
 from capsjax.models.registry import MODELS, ModelSpec
 from capsjax.routing import ROUTERS, dynamic_routing, safe_norm
@@ -130,13 +130,7 @@ class CapsNet(nn.Module):
     if not self.use_decoder:
       return CapsNetOutput(lengths, v, c, None, None)
 
-    if labels is None:
-      _, labels = jax.lax.top_k(lengths, self.num_reconstructions)
-    elif labels.ndim == 1:
-      labels = labels[:, None]
-    labels = labels.astype(jnp.int32)
-    masks = jax.nn.one_hot(labels, self.num_classes, dtype=v.dtype)  # (B, K, classes)
-    masked = masks[..., None] * v[:, None]                              # (B, K, classes, 16)
+    masked, labels = mask_capsules(v, lengths, labels, self.num_reconstructions)
     recon = self.make_decoder(height, width, channels)(masked)
     return CapsNetOutput(lengths, v, c, recon, labels)
 

@@ -17,7 +17,11 @@ import jax
 
 from capsjax.registry import Registry
 
-__all__ = ["ModelSpec", "MODELS"]
+__all__ = ["ModelSpec", "MODELS", "DATA_AXIS"]
+
+# The mesh axis the data-parallel train step maps the batch over; layers that
+# reduce over the batch (BatchNorm) name it to see the whole global batch.
+DATA_AXIS = "data"
 
 Batch = dict[str, jax.Array]
 
@@ -43,6 +47,7 @@ class ModelSpec:
     max_labels: the most labels per example it handles, or None for any.
     eval_module: ``module -> module`` used for evaluation (e.g. without the
       decoder, which accuracy does not need).
+    default_routing: the router name ``--routing`` defaults to for this model.
     description: one line for ``--help`` and the docs.
   """
   build: Callable[[Any, Any], nn.Module]
@@ -52,6 +57,7 @@ class ModelSpec:
   num_classes: int | None = None
   max_labels: int | None = None
   eval_module: Callable[[nn.Module], nn.Module] = _same
+  default_routing: str = "dynamic"
   description: str = ""
 
   def mismatch(self, dataset) -> str | None:

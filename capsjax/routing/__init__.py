@@ -8,7 +8,8 @@ Routers of vector capsules share one calling convention::
   v      (..., n_out, d_out)        the parent capsules
   c      (..., n_in, n_out)         the coupling coefficients that produced them
 
-``num_iters`` is a static Python int (routers without iterations ignore it);
+``num_iters`` is a static Python int (routers of one pass, like
+:func:`self_attention_routing`, ignore it);
 ``options`` are keyword-only and router specific (e.g. ``stop_gradient_inner``
 of :func:`dynamic_routing`). Routers are plain functions: no Flax, no state,
 usable under ``jit``, ``vmap`` and ``grad``.
@@ -21,9 +22,12 @@ usable under ``jit``, ``vmap`` and ``grad``.
     ...
 """
 from capsjax.registry import Registry
+from capsjax.routing.attention import exp_squash, self_attention_routing
 from capsjax.routing.dynamic import dynamic_routing, safe_norm, squash
 
-__all__ = ["ROUTERS", "dynamic_routing", "safe_norm", "squash"]
+__all__ = ["ROUTERS", "dynamic_routing", "exp_squash", "safe_norm", "self_attention_routing",
+           "squash"]
 
 ROUTERS: Registry = Registry("router", "capsjax.routing.ROUTERS")
-ROUTERS.register("dynamic", dynamic_routing)
+ROUTERS.register("dynamic", dynamic_routing)                 # Sabour et al. 2017
+ROUTERS.register("self_attention", self_attention_routing)   # Mazzia et al. 2021

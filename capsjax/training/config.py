@@ -60,7 +60,8 @@ class TrainConfig:
   dataset: str = flag("multimnist", "a name in capsjax.data.DATASETS (multimnist: 36x36 "
                       "overlapping pairs; mnist; fashion_mnist) or tfds:NAME, any prepared "
                       "tensorflow-datasets image-classification dataset")
-  routing: str = flag("dynamic", "the router, a name in capsjax.routing.ROUTERS")
+  routing: str = flag("", "the router, a name in capsjax.routing.ROUTERS (default: the "
+                      "model's; dynamic for capsnet, self_attention for efficient_capsnet)")
   routing_iters: int = flag(3, "routing iterations (>= 1; the paper uses 3)")
   batch_size: int = flag(128, "global batch size, split over all devices")
   epochs: float = flag(50.0, "training length in epochs of the train split (ignored if "
@@ -107,6 +108,10 @@ class TrainConfig:
                                    "--process_id)")
   num_processes: int = flag(0, "with --coordinator_address: the number of processes")
   process_id: int = flag(0, "with --coordinator_address: this process's index, from 0")
+
+  def __post_init__(self):
+    if not self.routing and self.model in MODELS:  # resolved, so config.json names it
+      object.__setattr__(self, "routing", MODELS.get(self.model).default_routing)
 
   # --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from capsjax.metrics import per_digit_correct, strict_correct
+from capsjax.models import DATA_AXIS
 from capsjax.training.config import TrainConfig
 
 __all__ = [
@@ -99,7 +100,7 @@ def loss_fn(params, model_state, model: nn.Module, batch: Batch, config: TrainCo
 def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh ``('data',)`` over all devices (of all processes)."""
   devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices, ("data",))
+  return Mesh(devices, (DATA_AXIS,))
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
@@ -108,7 +109,7 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
   On one host the slice is the whole batch; on several, each process passes
   the rows it built (see ``MultiMNIST.batch(process_index=...)``).
   """
-  sharding = NamedSharding(mesh, P("data"))
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
@@ -119,12 +120,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
   def local_grads(params, model_state, batch):
     # Each device differentiates its own copy of the parameters (its slice of
     # the batch), then the gradients are averaged explicitly: the pmap model.
-    params = jax.lax.pcast(params, "data", to="varying")
+    params = jax.lax.pcast(params, DATA_AXIS, to="varying")
     grads, (metrics, new_state) = jax.grad(loss_fn, has_aux=True)(
         params, model_state, model, batch, config)
-    return jax.lax.pmean((grads, metrics, new_state), "data")
+    return jax.lax.pmean((grads, metrics, new_state), DATA_AXIS)
 
-  grads_fn = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P(), P("data")),
+  grads_fn = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)),
                            out_specs=(P(), P(), P()))
 
   def train_step(state: TrainState, batch: Batch):
@@ -157,7 +158,7 @@ def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[Any, Batch], dict]
         "strict": jnp.sum(w * strict_correct(out.scores, batch["labels"])),
         "per_digit": jnp.sum(w * per_digit_correct(out.scores, batch["labels"])),
     }
-    return jax.lax.psum(sums, "data")
+    return jax.lax.psum(sums, DATA_AXIS)
 
-  return jax.jit(jax.shard_map(local_sums, mesh=mesh, in_specs=(P(), P("data")),
+  return jax.jit(jax.shard_map(local_sums, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                                out_specs=P()))

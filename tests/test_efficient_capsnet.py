@@ -1,0 +1,174 @@
+"""Efficient-CapsNet: exp_squash, self-attention routing against the paper's formulas
+in NumPy, the 161,824 parameters, BatchNorm state, its augmentation."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from capsjax.data import augment
+from capsjax.models import EfficientCapsNet
+from capsjax.routing import ROUTERS, exp_squash, self_attention_routing
+from capsjax.training import (
+    Checkpointer, TrainConfig, init_state, loss_fn, make_mesh, make_model, make_optimizer,
+    make_train_step, shard_batch, train_and_evaluate)
+
+
+def np_self_attention(u_hat, bias):
+  """Efficient-CapsNet Eq. 4-6 for one example, literally: the n_in x n_in agreement."""
+  n_in, n_out, d = u_hat.shape
+  v = np.zeros((n_out, d))
+  c = np.zeros((n_in, n_out))
+  agreement = np.zeros((n_in, n_out))
+  for j in range(n_out):
+    gram = u_hat[:, j] @ u_hat[:, j].T                           # (n_in, n_in)
+    agreement[:, j] = gram.sum(axis=1) / np.sqrt(d)
+  c = np.exp(agreement - agreement.max(1, keepdims=True))
+  c /= c.sum(axis=1, keepdims=True)                              # softmax over parents
+  for j in range(n_out):
+    s = ((c[:, j] + bias[:, j])[:, None] * u_hat[:, j]).sum(0)
+    n = np.linalg.norm(s)
+    v[j] = (1 - np.exp(-n)) * s / n
+  return v, c
+
+
+def test_exp_squash_hand_computed():
+  np.testing.assert_allclose(exp_squash(jnp.array([3.0, 4.0])),
+                             (1 - np.exp(-5.0)) * np.array([0.6, 0.8]), rtol=1e-6)
+  np.testing.assert_allclose(exp_squash(jnp.array([0.0, 0.0, 2.0])),
+                             [0, 0, 1 - np.exp(-2.0)], rtol=1e-6)
+  assert np.all(np.asarray(exp_squash(jnp.zeros((2, 8)))) == 0)
+  jac = jax.jacobian(exp_squash)(jnp.zeros(4))
+  np.testing.assert_array_equal(jac, np.eye(4))  # v = s (1 - |s|/2 + ...) near 0
+  g = jax.grad(lambda s: jnp.sum(exp_squash(s)))(jnp.zeros((3, 5)))
+  assert np.all(np.isfinite(g))
+
+
+def test_self_attention_routing_matches_the_formula_in_numpy():
+  u_hat = jax.random.normal(jax.random.key(0), (3, 16, 10, 16)) * 0.3
+  bias = jax.random.normal(jax.random.key(1), (16, 10)) * 0.1
+  v, c = self_attention_routing(u_hat, bias=bias)
+  chex.assert_shape(v, (3, 10, 16))
+  chex.assert_shape(c, (3, 16, 10))
+  for b in range(3):
+    ref_v, ref_c = np_self_attention(np.asarray(u_hat[b], np.float64), np.asarray(bias))
+    np.testing.assert_allclose(v[b], ref_v, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(c[b], ref_c, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.sum(c, axis=-1), 1, rtol=1e-6)   # over the parents
+  v0, _ = self_attention_routing(u_hat)                           # no bias: b = 0
+  np.testing.assert_allclose(v0[0], np_self_attention(np.asarray(u_hat[0], np.float64),
+                                                      np.zeros((16, 10)))[0], rtol=1e-4,
+                             atol=1e-6)
+  assert ROUTERS["self_attention"] is self_attention_routing
+  with pytest.raises(TypeError, match="bias=b"):  # a prior passed by position is refused
+    self_attention_routing(u_hat, bias)
+  # Pure: jit, vmap and grad agree with the eager call.
+  jitted = jax.jit(lambda u, b: self_attention_routing(u, bias=b))
+  np.testing.assert_allclose(jitted(u_hat, bias)[0], v, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(jax.vmap(lambda u: self_attention_routing(u, bias=bias)[0])(u_hat),
+                             v, rtol=1e-5, atol=1e-7)
+  g = jax.grad(lambda u: jnp.sum(self_attention_routing(u, bias=bias)[0] ** 2))(u_hat)
+  assert np.all(np.isfinite(g)) and np.any(g != 0)
+  g0 = jax.grad(lambda u: jnp.sum(self_attention_routing(u)[0]))(jnp.zeros((2, 4, 3, 5)))
+  assert np.all(np.isfinite(g0))
+
+
+def test_parameter_count_is_the_papers():
+  def count(model):
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    return (sum(x.size for x in jax.tree.leaves(variables["params"])),
+            sum(x.size for x in jax.tree.leaves(variables["batch_stats"])))
+  # 832 + 18,496 + 36,928 + 73,856 (convs) + 576 (BatchNorm scale, bias)
+  # + 10,496 (depthwise) + 20,480 (W) + 160 (b); see the module docstring.
+  assert count(EfficientCapsNet(use_decoder=False)) == (161_824, 576)
+  # + decoder 160*512 + 512 + 512*1024 + 1024 + 1024*784 + 784.
+  assert count(EfficientCapsNet())[0] == 161_824 + 1_411_344
+
+
+def tiny(tmp_path, **overrides):
+  values = dict(model="efficient_capsnet", dataset="mnist_augmented", batch_size=16, steps=4,
+                eval_every=0, checkpoint_every=2, log_every=1, test_subset=32,
+                eval_batch_size=16, data_source="bundled", workdir=str(tmp_path / "run"))
+  return TrainConfig(**{**values, **overrides})
+
+
+@pytest.mark.slow
+def test_eight_device_step_equals_one_device_step_with_synchronised_batchnorm(tmp_path):
+  config = tiny(tmp_path).validate(8)
+  assert config.routing == "self_attention"  # the model's default router
+  model, tx = make_model(config), optax.sgd(0.1)
+  train, _ = config.data.build(config)
+  batch = train.batch(0, 16)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = make_mesh(devices)
+    state = init_state(model, tx, (28, 28, 1), seed=0)
+    state, metrics = make_train_step(model, tx, mesh, config)(state, shard_batch(batch, mesh))
+    results.append(jax.device_get((state.params, state.model_state, metrics["loss"])))
+  (p1, s1, l1), (p8, s8, l8) = results
+  assert float(l1) == pytest.approx(float(l8), rel=1e-5)
+  for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p8, s8))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Reference for the statistics: the running mean of the first BatchNorm moved
+  # by (1 - 0.99) x the mean over the whole batch of relu(conv1(x)).
+  init = init_state(model, tx, (28, 28, 1), seed=0)
+  whole_batch = model.clone(batch_axis=None)  # one device sees the whole batch
+  _, (_, new_state) = loss_fn(init.params, init.model_state, whole_batch,
+                              jax.tree.map(jnp.asarray, batch), config)
+  np.testing.assert_allclose(s8["batch_stats"]["bn1"]["mean"],
+                             new_state["batch_stats"]["bn1"]["mean"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_batch_stats_through_training_and_an_exact_resume(tmp_path):
+  train_and_evaluate(tiny(tmp_path, workdir=str(tmp_path / "full")))
+  train_and_evaluate(tiny(tmp_path, workdir=str(tmp_path / "half"), steps=2))
+  summary = train_and_evaluate(tiny(tmp_path, workdir=str(tmp_path / "half")))
+  assert summary["step"] == 4 and summary["test_examples"] == 32
+  config = tiny(tmp_path)
+  model, tx = make_model(config), make_optimizer(config)
+  init = init_state(model, tx, (28, 28, 1), 0)
+  full, half = (Checkpointer(tmp_path / name / "checkpoints").restore(init)
+                for name in ("full", "half"))
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(half)):
+    np.testing.assert_array_equal(a, b)  # bitwise, batch_stats included
+  assert not np.array_equal(full.model_state["batch_stats"]["bn4"]["var"],
+                            init.model_state["batch_stats"]["bn4"]["var"])
+  assert (tmp_path / "full" / "reconstructions.png").exists()
+
+
+# ----------------------------------------------------------------------------
+# The augmentation of the official pre-processing.
+
+def test_erasure_zeroes_one_4x4_patch_inside_the_margins():
+  index = np.arange(500, dtype=np.int64)
+  out = augment._erase(np.ones((500, 28, 28), np.float32), 0, index)
+  zero = out == 0
+  assert np.all(zero.sum(axis=(1, 2)) == 16)
+  rows, cols = np.nonzero(zero.any(axis=2)), np.nonzero(zero.any(axis=1))
+  assert rows[1].min() >= 4 and rows[1].max() <= 25 and cols[1].min() >= 4
+  assert cols[1].max() <= 25
+
+
+def test_shift_stays_within_the_margins():
+  images = np.zeros((400, 28, 28), np.float32)
+  images[:, 10:18, 6:20] = 1.0                                   # margins 10/10 rows, 6/8 cols
+  out = augment._shift(images, 0, np.arange(400, dtype=np.int64))
+  assert np.all(out.sum(axis=(1, 2)) == images[0].sum())         # nothing wrapped or lost
+  ys, xs = np.nonzero(out.any(axis=2)), np.nonzero(out.any(axis=1))
+  assert len(set(ys[1].tolist())) > 10 and len(set(xs[1].tolist())) > 10   # it moves
+
+
+def test_augmentation_is_deterministic_and_in_range():
+  from capsjax.data import load_mnist
+  images, _ = load_mnist("test", source="bundled")
+  x = images[:64].astype(np.float32) / 255
+  index = np.arange(64, dtype=np.int64)
+  a = augment.efficient_capsnet_augment(x, 3, index)
+  np.testing.assert_array_equal(a, augment.efficient_capsnet_augment(x, 3, index))
+  assert a.shape == (64, 28, 28) and a.dtype == np.float32
+  assert 0 <= a.min() and a.max() <= 1
+  assert not np.array_equal(a, augment.efficient_capsnet_augment(x, 4, index))
+  changed = np.abs(a - x).sum(axis=(1, 2)) > 0
+  assert changed.all()                                            # erasure, at least
