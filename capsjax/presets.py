@@ -32,14 +32,17 @@ def _preset(name: str, values: dict[str, Any], doc: str) -> None:
 
 _GPU = dict(batch_size=128, data_source="bundled", checkpoint_every=5000, log_every=50)
 
-_preset("quickstart", dict(dataset="mnist", steps=1000, batch_size=32, eval_every=0),
+_preset("quickstart", dict(
+    dataset="mnist", steps=1000, batch_size=32, eval_every=0),
   """MNIST, 1,000 steps of 32 (32,000 shifted digits), 3 routing iterations.
 
     python experiments/train.py --config quickstart
     2 CPU cores (AMD EPYC), ~8 min from a fresh clone: 98.5 % on the 10,000 test digits.
   """)
 
-_preset("mnist_paper", dict(dataset="mnist", routing_iters=3, epochs=1200, eval_every=469, **_GPU),
+
+_preset("mnist_paper", dict(
+    dataset="mnist", routing_iters=3, epochs=1200, eval_every=469, **_GPU),
   """MNIST, the paper's protocol: 3 routing iterations, batch 128, 1,200 epochs.
 
     python experiments/train.py --config mnist_paper
@@ -47,15 +50,19 @@ _preset("mnist_paper", dict(dataset="mnist", routing_iters=3, epochs=1200, eval_
     98.60 % after 1 epoch. The full 1,200 epochs take ~40 min there, ~10 days on 2 CPU cores.
   """)
 
-_preset("mnist_paper_r1", dict(dataset="mnist", routing_iters=1, epochs=1200, eval_every=469, **_GPU),
+
+_preset("mnist_paper_r1", dict(
+    dataset="mnist", routing_iters=1, epochs=1200, eval_every=469, **_GPU),
   """MNIST as ``mnist_paper`` with 1 routing iteration.
 
     python experiments/train.py --config mnist_paper_r1
     1 H200, JAX 0.10.2: 357 epochs (167,344 steps) in 13 min gave 99.63 % (paper 99.71 %).
   """)
 
-_preset("multimnist_paper", dict(dataset="multimnist", routing_iters=3, epochs=1000, test_pairs_per_digit=1,
-         eval_every=1000, **_GPU),
+
+_preset("multimnist_paper", dict(
+    dataset="multimnist", routing_iters=3, epochs=1000, test_pairs_per_digit=1, eval_every=1000,
+    **_GPU),
   """MultiMNIST, the paper's protocol (60 M pairs), 3 routing iterations, batch 128.
 
     python experiments/train.py --config multimnist_paper
@@ -64,8 +71,10 @@ _preset("multimnist_paper", dict(dataset="multimnist", routing_iters=3, epochs=1
     on fresh machines, gave strict 92.06 % / per digit 95.98 % (paper: error 5.2 %, 94.8 %).
   """)
 
-_preset("multimnist_paper_r1", dict(dataset="multimnist", routing_iters=1, epochs=1000, test_pairs_per_digit=1,
-         eval_every=1000, **_GPU),
+
+_preset("multimnist_paper_r1", dict(
+    dataset="multimnist", routing_iters=1, epochs=1000, test_pairs_per_digit=1, eval_every=1000,
+    **_GPU),
   """MultiMNIST as ``multimnist_paper`` with 1 routing iteration.
 
     python experiments/train.py --config multimnist_paper_r1
@@ -73,8 +82,10 @@ _preset("multimnist_paper_r1", dict(dataset="multimnist", routing_iters=1, epoch
     gave strict 89.64 % / per digit 94.74 % (paper: error 7.5 %, 92.5 %).
   """)
 
-_preset("mnist_cpu", dict(dataset="mnist", routing_iters=3, batch_size=32, epochs=30, eval_every=1875,
-         checkpoint_every=1875),
+
+_preset("mnist_cpu", dict(
+    dataset="mnist", routing_iters=3, batch_size=32, epochs=30, eval_every=1875,
+    checkpoint_every=1875),
   """MNIST on a CPU: batch 32, test accuracy after every epoch.
 
     python experiments/train.py --config mnist_cpu     (stop with Ctrl-C, rerun to resume)
@@ -82,7 +93,9 @@ _preset("mnist_cpu", dict(dataset="mnist", routing_iters=3, batch_size=32, epoch
     (8.2 epochs in 1 h 45 min).
   """)
 
-_preset("mnist_1epoch", dict(dataset="mnist", routing_iters=3, batch_size=32, epochs=1, eval_every=0),
+
+_preset("mnist_1epoch", dict(
+    dataset="mnist", routing_iters=3, batch_size=32, epochs=1, eval_every=0),
   """One MNIST epoch from scratch, batch 32.
 
     python experiments/train.py --config mnist_1epoch --seed 0 --workdir runs/mnist_1epoch_s0
@@ -90,8 +103,10 @@ _preset("mnist_1epoch", dict(dataset="mnist", routing_iters=3, batch_size=32, ep
     over 8 seeds, mean 98.95 %; with --recon_weight 0.01 (the official loss balance) 99.02 %.
   """)
 
-_preset("multimnist_cpu", dict(dataset="multimnist", routing_iters=3, batch_size=32, test_pairs_per_digit=1,
-         eval_every=0, checkpoint_every=250),
+
+_preset("multimnist_cpu", dict(
+    dataset="multimnist", routing_iters=3, batch_size=32, test_pairs_per_digit=1, eval_every=0,
+    checkpoint_every=250),
   """MultiMNIST on one CPU core, batch 32, evaluated when stopped.
 
     python experiments/train.py --config multimnist_cpu     (stop with Ctrl-C, then evaluate)
@@ -99,8 +114,10 @@ _preset("multimnist_cpu", dict(dataset="multimnist", routing_iters=3, batch_size
     with --routing_iters 1, 3,228 steps gave 73.13 % / 86.15 %.
   """)
 
-_preset("multimnist_official", dict(dataset="multimnist", routing_iters=3, batch_size=32, steps=3600, eval_every=0,
-         test_pairs_per_digit=1, primary_caps_scale=0.03125, digit_caps_init=0.1),
+
+_preset("multimnist_official", dict(
+    dataset="multimnist", routing_iters=3, batch_size=32, steps=3600, eval_every=0,
+    test_pairs_per_digit=1, primary_caps_scale=0.03125, digit_caps_init=0.1),
   """MultiMNIST with the official code's PrimaryCaps scale (1/32) and DigitCaps init (0.1).
 
     python experiments/train.py --config multimnist_official
@@ -108,14 +125,16 @@ _preset("multimnist_official", dict(dataset="multimnist", routing_iters=3, batch
     the two fields: 72.43 % / 85.66 %).
   """)
 
+
 _preset("efficient_capsnet_mnist", dict(
     model="efficient_capsnet", dataset="mnist_augmented", batch_size=16, epochs=150, lr=5e-4,
-    lr_decay_rate=0.97, lr_decay_steps=3750, lr_min=5e-5, recon_weight=0.0005,
-    eval_every=3750, checkpoint_every=3750, eval_batch_size=500, data_source="bundled"),
+    lr_decay_rate=0.97, lr_decay_steps=3750, lr_min=5e-5, recon_weight=0.0005, eval_every=3750,
+    checkpoint_every=3750, eval_batch_size=500, data_source="bundled"),
   """Efficient-CapsNet on MNIST, the official protocol: Adam 5e-4 decayed x0.97 per epoch
   (floored at 5e-5, as the official code), batch 16, 150 epochs, margin loss + 0.0005 x SSE,
   the official augmentation; test accuracy after every epoch.
 
     python experiments/train.py --config efficient_capsnet_mnist
-    Paper: 99.74 % (mean of single models, best epoch chosen on the test set).
+    2 CPU cores (Intel Xeon), JAX 0.10.2: 15.7 epochs in 1 h 10 min (~256 img/s) gave 99.44 %
+    after epoch 15. Paper: 99.74 % (150 epochs, best epoch chosen on the test set).
   """)

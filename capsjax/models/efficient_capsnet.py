@@ -61,6 +61,7 @@ class EfficientCapsNet(nn.Module):
     num_primary: number of primary capsules (the depthwise features / primary_dim).
     primary_dim: their dimension.
     routing: the router of the class capsules (self-attention by default).
+    routing_iters: passed to the router (self-attention ignores it; one pass).
     num_reconstructions: classes reconstructed when no labels are given.
     use_decoder: include the reconstruction decoder.
     batch_axis: the mesh axis BatchNorm averages its batch statistics over in
@@ -72,6 +73,7 @@ class EfficientCapsNet(nn.Module):
   num_primary: int = 16
   primary_dim: int = 8
   routing: Callable[..., tuple[jax.Array, jax.Array]] = self_attention_routing
+  routing_iters: int = 1
   num_reconstructions: int = 1
   use_decoder: bool = True
   batch_axis: str | None = None
@@ -98,7 +100,7 @@ class EfficientCapsNet(nn.Module):
                    .astype(jnp.float32))
     takes_bias = "bias" in inspect.signature(self.routing).parameters
     v, c = DenseCaps(num_caps=self.num_classes, caps_dim=16, routing=self.routing,
-                     routing_iters=1, dtype=self.dtype, kernel_init=_W_INIT,
+                     routing_iters=self.routing_iters, dtype=self.dtype, kernel_init=_W_INIT,
                      routing_bias=takes_bias, name="digit_caps")(u)
     lengths = safe_norm(v, axis=-1)
     if not self.use_decoder:
@@ -119,6 +121,7 @@ def build_efficient_capsnet(config, dataset) -> EfficientCapsNet:
                      "Efficient-CapsNet routes in one pass.")
   return EfficientCapsNet(
       num_classes=dataset.num_classes, routing=ROUTERS.get(config.routing),
+      routing_iters=config.routing_iters,
       num_reconstructions=dataset.labels_per_example, batch_axis=DATA_AXIS,
       dtype=config.compute_dtype)
 
