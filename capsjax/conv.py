@@ -43,6 +43,22 @@ def _extract_patches(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
   return patches.reshape(*patches.shape[:3], -1)
 
 
+def _checked(x: jax.Array, kernel: jax.Array, impl: str, shapes_match: bool,
+             kernel_layout: str) -> str:
+  """Checks the arguments of a convolution; returns the formulation to use."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}.")
+  if kernel.ndim != 4 or not shapes_match:
+    raise ValueError(
+        f"expected x (B, H, W, C) and kernel {kernel_layout} with matching C; got "
+        f"x {x.shape} and kernel {kernel.shape}.")
+  kh, kw = kernel.shape[:2]
+  if x.shape[1] < kh or x.shape[2] < kw:
+    raise ValueError(
+        f"input {x.shape[1]}x{x.shape[2]} is smaller than the {kh}x{kw} kernel.")
+  return default_conv_impl() if impl == "auto" else impl
+
+
 def conv2d(
     x: jax.Array,
     kernel: jax.Array,
@@ -62,18 +78,9 @@ def conv2d(
     ``(batch, (H - kh) // stride + 1, (W - kw) // stride + 1, C_out)``, in
     the dtype of ``x``.
   """
-  if impl not in CONV_IMPLS:
-    raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}.")
-  if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
-    raise ValueError(
-        f"expected x (B, H, W, C) and kernel (kh, kw, C, O) with matching C; got "
-        f"x {x.shape} and kernel {kernel.shape}.")
+  impl = _checked(x, kernel, impl, x.ndim == kernel.ndim == 4 and x.shape[-1] == kernel.shape[2],
+                  "(kh, kw, C, O)")
   kh, kw, c_in, c_out = kernel.shape
-  if x.shape[1] < kh or x.shape[2] < kw:
-    raise ValueError(
-        f"input {x.shape[1]}x{x.shape[2]} is smaller than the {kh}x{kw} kernel.")
-  if impl == "auto":
-    impl = default_conv_impl()
   if impl == "xla":
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(stride, stride), padding="VALID",
@@ -100,18 +107,9 @@ def depthwise_conv2d(
   Returns:
     ``(batch, (H - kh) // stride + 1, (W - kw) // stride + 1, C)``.
   """
-  if impl not in CONV_IMPLS:
-    raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}.")
-  if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != 1 or x.shape[-1] != kernel.shape[3]:
-    raise ValueError(
-        f"expected x (B, H, W, C) and kernel (kh, kw, 1, C) with matching C; got "
-        f"x {x.shape} and kernel {kernel.shape}.")
+  impl = _checked(x, kernel, impl, x.ndim == kernel.ndim == 4 and kernel.shape[2] == 1
+                  and x.shape[-1] == kernel.shape[3], "(kh, kw, 1, C)")
   kh, kw, _, channels = kernel.shape
-  if x.shape[1] < kh or x.shape[2] < kw:
-    raise ValueError(
-        f"input {x.shape[1]}x{x.shape[2]} is smaller than the {kh}x{kw} kernel.")
-  if impl == "auto":
-    impl = default_conv_impl()
   if impl == "xla":
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(stride, stride), padding="VALID",
