@@ -74,6 +74,7 @@ def test_digit_caps_are_routing_of_the_primary_predictions(small_run):
   np.testing.assert_allclose(out.coupling, c, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_params_and_outputs(small_run):
   _, params, images = small_run
   model = CapsNet(dtype=jnp.bfloat16, num_reconstructions=2)
@@ -83,6 +84,7 @@ def test_bf16_compute_keeps_float32_params_and_outputs(small_run):
   np.testing.assert_allclose(out.lengths, ref.lengths, atol=3e-2)
 
 
+@pytest.mark.slow
 def test_without_decoder_and_bad_images():
   model = CapsNet(use_decoder=False)
   images = jnp.zeros((2, 28, 28, 1))
@@ -92,6 +94,7 @@ def test_without_decoder_and_bad_images():
     model.init(jax.random.key(0), jnp.zeros((2, 28, 28)))
 
 
+@pytest.mark.slow
 def test_digit_caps_init_sets_the_stddev_of_w():
   model = CapsNet(digit_caps_init=0.01, use_decoder=False)
   params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
@@ -123,6 +126,7 @@ def test_primary_caps_are_a_squashed_scaled_convolution():
     np.testing.assert_allclose(u, norm**2 / (1 + norm**2) * s / norm, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_official_primary_scale_starts_the_capsules_unsaturated():
   # On MNIST-like input the official 1/32 keeps the initial primary capsules
   # short; the paper's plain convolution (the default) starts them at length

@@ -109,6 +109,7 @@ def test_routing_is_per_example_logits_restart_every_call():
   np.testing.assert_array_equal(v_pair, v_again)
 
 
+@pytest.mark.slow
 def test_leading_dims_and_vmap_jit_grad_agree_with_eager():
   u_hat = jax.random.normal(jax.random.key(2), (2, 3, 12, 5, 4)) * 0.5
   v, c = dynamic_routing(u_hat, 3)
