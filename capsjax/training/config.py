@@ -251,5 +251,3 @@ class TrainConfig:
   def replace(self, **changes) -> "TrainConfig":
     return dataclasses.replace(self, **changes)
 
-
-HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}

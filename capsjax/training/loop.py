@@ -81,11 +81,6 @@ def prepare_workdir(config: TrainConfig) -> pathlib.Path:
 # Data.
 
 
-def make_datasets(config: TrainConfig):
-  """``(train source with .batch(step, B), test set with .batches(B))`` of ``config.dataset``."""
-  return config.data.build(config)
-
-
 def evaluate(eval_step, variables, test, mesh, batch_size: int) -> dict[str, float]:
   """Strict and per-digit accuracy on the whole test set."""
   totals = {"count": 0.0, "strict": 0.0, "per_digit": 0.0}
@@ -136,7 +131,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   config.initialize_distributed()
   mesh = make_mesh()
   config.validate(num_devices=mesh.size)
-  train_data, test_data = make_datasets(config)  # before the workdir: a data error writes nothing
+  train_data, test_data = config.data.build(config)  # before the workdir: a data error writes nothing
   workdir = prepare_workdir(config)
   total_steps = config.total_steps(len(train_data))
 
@@ -263,7 +258,7 @@ def evaluate_workdir(workdir: str | os.PathLike, data_source: str | None = None,
   config = TrainConfig.from_dict({**json.loads(config.to_json()), **overrides})
   mesh = make_mesh()
   config.validate(num_devices=mesh.size)
-  _, test_data = make_datasets(config)
+  _, test_data = config.data.build(config)
   model = make_model(config)
   tx = make_optimizer(config)
   state = jax.device_put(init_state(model, tx, config.data.image_shape, config.seed),
