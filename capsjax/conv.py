@@ -14,7 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["conv2d", "depthwise_conv2d", "default_conv_impl", "CONV_IMPLS"]
+__all__ = ["conv2d", "depthwise_conv2d", "windows", "fold_windows", "default_conv_impl",
+           "CONV_IMPLS"]
 
 CONV_IMPLS = ("auto", "xla", "im2col")
 
@@ -41,6 +42,44 @@ def _extract_patches(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
   ]
   patches = jnp.stack(taps, axis=3)  # (B, H', W', kh * kw, C)
   return patches.reshape(*patches.shape[:3], -1)
+
+
+def windows(x: jax.Array, kernel_size: int, stride: int = 1) -> jax.Array:
+  """The windows of a VALID convolution: ``(B, H, W, ...)`` -> ``(B, H', W', k, k, ...)``.
+
+  The same strided slices as :func:`conv2d`'s im2col; the trailing axes (e.g.
+  capsule types and poses) are carried along.
+  """
+  b, h, w, *rest = x.shape
+  k = kernel_size
+  if h < k or w < k:
+    raise ValueError(f"input {h}x{w} is smaller than the {k}x{k} window.")
+  patches = _extract_patches(x.reshape(b, h, w, -1), k, k, stride)
+  return patches.reshape(*patches.shape[:3], k, k, *rest)
+
+
+def fold_windows(entries: jax.Array, input_size: tuple[int, int], stride: int = 1,
+                 combine: str = "add") -> jax.Array:
+  """The transpose of :func:`windows` (col2im): ``(B, H', W', k, k, ...)`` -> ``(B, H, W, ...)``.
+
+  Each input position gets the sum (``combine="add"``) or the max (``"max"``)
+  of the window entries that read it; positions no window reads get 0 (add)
+  or -inf (max).
+  """
+  if combine not in ("add", "max"):
+    raise ValueError(f'combine must be "add" or "max", got {combine!r}.')
+  _, ho, wo, kh, kw, *rest = entries.shape
+  h, w = input_size
+  fill = jnp.asarray(0.0 if combine == "add" else -jnp.inf, entries.dtype)
+  out = None
+  for ky in range(kh):
+    for kx in range(kw):
+      # Each tap lands on a strided sub-grid: interior padding places it (no scatter).
+      config = [(0, 0, 0), (ky, h - ky - stride * (ho - 1) - 1, stride - 1),
+                (kx, w - kx - stride * (wo - 1) - 1, stride - 1)] + [(0, 0, 0)] * len(rest)
+      tap = jax.lax.pad(entries[:, :, :, ky, kx], fill, config)
+      out = tap if out is None else (out + tap if combine == "add" else jnp.maximum(out, tap))
+  return out
 
 
 def _checked(x: jax.Array, kernel: jax.Array, impl: str, shapes_match: bool,

@@ -138,3 +138,30 @@ _preset("efficient_capsnet_mnist", dict(
     2 CPU cores (Intel Xeon), JAX 0.10.2: 15.7 epochs in 1 h 10 min (~256 img/s) gave 99.44 %
     after epoch 15. Paper: 99.74 % (150 epochs, best epoch chosen on the test set).
   """)
+
+
+_preset("matrix_capsnet_mnist", dict(
+    model="matrix_capsnet", dataset="mnist", routing_iters=2, batch_size=32, epochs=30, lr=3e-3,
+    margin_ramp_steps=2000, eval_every=1000, checkpoint_every=500, data_source="bundled"),
+  """Matrix capsules with EM routing on MNIST, the small network (A=64, B=8, C=D=16), 2 EM
+  iterations, Adam 3e-3 decayed x0.96 every 2,000 steps, batch 32, spread loss with the
+  margin rising from 0.2 to 0.9 over the first 2,000 steps.
+
+    python experiments/train.py --config matrix_capsnet_mnist
+    2 iterations, as the reimplementations that report MNIST (2 trained best for them; here
+    3 stayed at chance for the first 75 steps, 2 and 1 learned).
+  """)
+
+
+_preset("matrix_capsnet_smallnorb", dict(
+    model="matrix_capsnet", dataset="smallnorb", model_size="large", routing_iters=2,
+    batch_size=64, epochs=50, lr=3e-3, lr_decay_steps=20_000, margin_ramp_steps=20_000,
+    eval_every=2000, checkpoint_every=1000),
+  """Matrix capsules with EM routing on smallNORB, the paper's protocol: the large network
+  (A=B=C=D=32), 48x48 images, random 32x32 crops with brightness and contrast, the centre
+  crop at test, batch 64, spread loss with the margin rising from 0.2 to 0.9.
+
+    tfds build smallnorb   # once, on a machine with internet and TensorFlow; set TFDS_DATA_DIR
+    python experiments/train.py --config matrix_capsnet_smallnorb
+    Paper: 1.8 % test error (1.4 % with its multi-crop test). Not run here (no download).
+  """)

@@ -398,3 +398,54 @@ def test_bad_multimnist_arguments(split):
     MultiMNIST(split[0].astype(np.float32), split[1], seed=0)
   with pytest.raises(ValueError, match="divisible"):
     MultiMNIST(*split, seed=0).batch(0, 33, process_count=2)
+
+
+# ----------------------------------------------------------------------------
+# smallNORB, the EM-routing paper's protocol.
+
+def test_smallnorb_through_tfds_mock_data():
+  import tensorflow_datasets as tfds
+  from capsjax.data.smallnorb import CROP
+  with tfds.testing.mock_data(num_examples=12):
+    spec = get_dataset("smallnorb")
+    assert (spec.image_shape, spec.num_classes, spec.labels_per_example) == ((32, 32, 1), 5, 1)
+
+    class Config:
+      seed, test_subset = 3, 0
+    train, test = spec.build(Config)
+    raw = tfds.data_source("smallnorb", split="test")
+    assert len(train) == 12 and len(test) == 12
+    # Test: the 96x96 image halved by 2x2 means to 48x48, then its centre 32x32.
+    image = np.asarray(raw[4]["image"], np.float64)[..., 0]
+    halved = np.round(image.reshape(48, 2, 48, 2).mean(axis=(1, 3)))
+    first = next(test.batches(6))
+    np.testing.assert_allclose(first["image"][4, ..., 0] * 255, halved[8:40, 8:40], atol=1e-3)
+    assert first["labels"][4, 0] == int(raw[4]["label_category"])
+    batch = train.batch(0, 8)
+    assert batch["image"].shape == (8, CROP, CROP, 1) and batch["multi_hot"].shape == (8, 5)
+    assert batch["image"].min() >= 0 and batch["image"].max() <= 1
+    np.testing.assert_array_equal(batch["image"], train.batch(0, 8)["image"])
+
+
+def test_smallnorb_augmentation_crops_and_jitters_within_the_ranges():
+  from capsjax.data.smallnorb import CONTRAST_RANGE, MAX_BRIGHTNESS, smallnorb_augment
+  index = np.arange(200)
+  # A ramp image: a crop is a contiguous 32x32 window of it.
+  ramp = np.broadcast_to((np.arange(48 * 48) % 48 + 48 * (np.arange(48 * 48) // 48))
+                         .reshape(48, 48), (200, 48, 48)).astype(np.float64)
+  flat = np.full((200, 48, 48), 0.5)
+  out = smallnorb_augment(flat, seed=1, index=index)
+  assert out.shape == (200, 32, 32) and out.dtype == np.float32
+  shift = out[:, 0, 0] - 0.5            # contrast leaves a flat image flat: brightness alone
+  assert np.all(np.abs(shift) <= MAX_BRIGHTNESS + 1e-6) and np.ptp(shift) > MAX_BRIGHTNESS
+  np.testing.assert_allclose(out, out[:, :1, :1] * np.ones((1, 32, 32)), atol=1e-6)
+  # With the jitter on a ramp scaled to [0, 1]: recover where each crop came from.
+  small = ramp / ramp.max() * 0.3 + 0.35
+  crops = smallnorb_augment(small, seed=1, index=index)
+  for c in crops:
+    step_x, step_y = c[0, 1] - c[0, 0], c[1, 0] - c[0, 0]
+    assert step_y == pytest.approx(48 * step_x, rel=1e-2)  # one window, rows of 48
+    contrast = step_x / (0.3 / ramp.max())
+    assert CONTRAST_RANGE[0] - 1e-2 <= contrast <= CONTRAST_RANGE[1] + 1e-2
+  np.testing.assert_array_equal(crops, smallnorb_augment(small, seed=1, index=index))
+  assert not np.array_equal(crops, smallnorb_augment(small, seed=2, index=index))

@@ -51,7 +51,7 @@ def records(workdir):
 # ----------------------------------------------------------------------------
 # The NaN guard saves only states whose parameters are known finite.
 
-def nan_gradient_loss(out, batch, config):
+def nan_gradient_loss(out, batch, config, step):
   """A finite loss whose gradient is NaN: d sqrt(0 x)/dx = inf x 0."""
   del config
   loss = margin_loss(out.scores, batch["multi_hot"])
@@ -238,7 +238,14 @@ BAD_FLAGS = [
     (["--dataset", "cifar"], "--dataset 'cifar' is unknown"),
     (["--dataset", "tfds:no_such_dataset"], "'no_such_dataset' split 'train' is not prepared"),
     (["--model", "resnet"], "--model 'resnet' is unknown"),
-    (["--routing", "em"], "--routing 'em' is unknown"),
+    (["--routing", "em"], "--routing 'em' is unknown; use one of dynamic, self_attention"),
+    (["--model", "matrix_capsnet", "--dataset", "mnist", "--routing", "dynamic"],
+     "--routing 'dynamic' is unknown; use one of em"),
+    (["--model", "matrix_capsnet", "--dataset", "mnist", "--model_size", "huge"],
+     "--model_size 'huge' is unknown; use one of small, large"),
+    (["--model", "matrix_capsnet"], "--model matrix_capsnet handles at most 1 labels"),
+    (["--margin_ramp_steps", "-1"], "--margin_ramp_steps must be >= 0"),
+    (["--dataset", "smallnorb"], "'smallnorb' split 'train' is not prepared"),
     (["--data_source", "web"], "--data_source 'web' is unknown"),
     (["--data_source", "idx"], "--data_source idx needs --mnist_dir"),
     (["--mnist_dir", "/no/such/dir"], "--mnist_dir /no/such/dir is not a directory"),

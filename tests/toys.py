@@ -55,8 +55,8 @@ class ToyBatchNormCaps(nn.Module):
     return ToyOutput(safe_norm(v, axis=-1))
 
 
-def toy_loss(out, batch, config):
-  del config
+def toy_loss(out, batch, config, step):
+  del config, step
   return margin_loss(out.scores, batch["multi_hot"]), {}
 
 

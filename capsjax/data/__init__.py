@@ -5,6 +5,7 @@
   tfds_images.py  any prepared tfds image-classification dataset
   multimnist.py   the paper's MultiMNIST pairs
   shifted.py      single-label datasets: shifted training examples, test split
+  smallnorb.py    smallNORB as the EM-routing paper uses it
   images.py       the batch layout and image helpers
   random.py       counter-based randomness and epoch order
   pipeline.py     prefetching, padding, per-process rows

@@ -19,6 +19,7 @@ from capsjax.data.errors import DataError
 from capsjax.data.mnist import load_idx_dataset
 from capsjax.data.multimnist import MultiMNIST
 from capsjax.data.shifted import AugmentedImages, ClassificationTest, ShiftedImages
+from capsjax.data.smallnorb import centre_crop, load_smallnorb, smallnorb_augment
 from capsjax.data.tfds_images import load_tfds_split, tfds_info
 from capsjax.registry import Registry
 
@@ -106,6 +107,18 @@ DATASETS.register("mnist_augmented", DatasetSpec(
     (28, 28, 1), 10, 1, 3750, _augmented_mnist,
     "MNIST with Efficient-CapsNet's augmentation: rotation, shift within the margins, width "
     "squish, erasure (decay period: one epoch of batch 16)"))
+def _smallnorb(config):
+  train_x, train_y = load_smallnorb("train")
+  test_x, test_y = _test_subset(*load_smallnorb("test"), config)
+  return (AugmentedImages(train_x, train_y, seed=config.seed, augment=smallnorb_augment,
+                          num_classes=5),
+          ClassificationTest(centre_crop(test_x), test_y, num_classes=5))
+
+
+DATASETS.register("smallnorb", DatasetSpec(
+    (32, 32, 1), 5, 1, 20_000, _smallnorb,
+    "smallNORB through tensorflow-datasets (prepared once): 48x48, random 32x32 crops with "
+    "brightness and contrast in training, the centre crop at test (the EM-routing paper)"))
 DATASETS.register("multimnist", DatasetSpec(
     (36, 36, 1), 10, 2, 20_000, _multimnist,
     "MultiMNIST: pairs of overlapping MNIST digits, 36x36 (the paper, section 6)"))

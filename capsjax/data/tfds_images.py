@@ -48,17 +48,19 @@ def tfds_info(name: str, data_dir: str | None = None) -> dict:
   return {"image_shape": shape, "num_classes": int(features["label"].num_classes)}
 
 
-def load_tfds_split(name: str, split: str,
-                    data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """``(images uint8 (N, H, W, C), labels int32 (N,))`` of one prepared split."""
+def load_tfds_split(name: str, split: str, data_dir: str | None = None, *,
+                    image_key: str = "image",
+                    label_key: str = "label") -> tuple[np.ndarray, np.ndarray]:
+  """``(images uint8 (N, H, W, C), labels int32 (N,))`` of one prepared split,
+  from the features ``image_key`` and ``label_key``."""
   source = _source(name, split, data_dir)
   n = len(source)
-  first = np.asarray(source[0]["image"]) if n else np.zeros((0, 0, 0), np.uint8)
+  first = np.asarray(source[0][image_key]) if n else np.zeros((0, 0, 0), np.uint8)
   images = np.empty((n,) + first.shape, np.uint8)
   labels = np.empty((n,), np.int32)
   for i in range(n):  # one element at a time: batched __getitems__ is broken in mocks
     example = source[i]
-    images[i] = np.asarray(example["image"])
-    labels[i] = int(example["label"])
+    images[i] = np.asarray(example[image_key])
+    labels[i] = int(example[label_key])
   log.info("%s %s: prepared tensorflow-datasets, %d examples", name, split, n)
   return images, labels

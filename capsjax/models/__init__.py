@@ -2,6 +2,7 @@
 
   capsnet            CapsNet of Sabour, Frosst & Hinton (2017)         capsjax.models.capsnet
   efficient_capsnet  Efficient-CapsNet of Mazzia et al. (2021)         capsjax.models.efficient_capsnet
+  matrix_capsnet     matrix capsules, EM routing, Hinton et al. (2018)  capsjax.models.matrix_capsnet
 
 A new model is one module here that builds a Flax network from the layers
 in :mod:`capsjax.layers` and registers a :class:`ModelSpec`.
@@ -9,6 +10,7 @@ in :mod:`capsjax.layers` and registers a :class:`ModelSpec`.
 from capsjax.models.registry import DATA_AXIS, MODELS, ModelSpec
 from capsjax.models.capsnet import CapsNet, CapsNetOutput, capsule_loss
 from capsjax.models.efficient_capsnet import EfficientCapsNet
+from capsjax.models.matrix_capsnet import MatrixCapsNet, MatrixCapsOutput, matrix_capsule_loss
 
 __all__ = ["DATA_AXIS", "MODELS", "ModelSpec", "CapsNet", "CapsNetOutput", "EfficientCapsNet",
-           "capsule_loss"]
+           "MatrixCapsNet", "MatrixCapsOutput", "capsule_loss", "matrix_capsule_loss"]

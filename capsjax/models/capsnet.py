@@ -141,7 +141,7 @@ class CapsNet(nn.Module):
     return Decoder(height, width, channels, self.dtype, name="decoder")
 
 
-def capsule_loss(out: CapsNetOutput, batch, config) -> tuple[jax.Array, dict]:
+def capsule_loss(out: CapsNetOutput, batch, config, step=None) -> tuple[jax.Array, dict]:
   """Margin loss + ``config.recon_weight`` x reconstruction SSE, per example.
 
   The decoder is masked by the true labels; with two labels (MultiMNIST) each

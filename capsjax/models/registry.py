@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 
 from capsjax.registry import Registry
+from capsjax.routing import ROUTERS
 
 __all__ = ["ModelSpec", "MODELS", "DATA_AXIS"]
 
@@ -38,8 +39,9 @@ class ModelSpec:
     build: ``(config, dataset) -> module``: the network for a
       :class:`capsjax.training.TrainConfig` and a
       :class:`capsjax.data.DatasetSpec`.
-    loss: ``(outputs, batch, config) -> (loss (B,), {name: (B,)})``: the
-      per-example loss and per-example terms to log.
+    loss: ``(outputs, batch, config, step) -> (loss (B,), {name: (B,)})``:
+      the per-example loss and per-example terms to log; ``step`` is the
+      optimizer step (a scalar array), for losses with a schedule.
     collections: variable collections besides ``params`` that the model
       updates in training (``("batch_stats",)`` for BatchNorm).
     image_shape: the ``(H, W, C)`` it needs, or None for any.
@@ -47,6 +49,8 @@ class ModelSpec:
     max_labels: the most labels per example it handles, or None for any.
     eval_module: ``module -> module`` used for evaluation (e.g. without the
       decoder, which accuracy does not need).
+    routers: the registry ``--routing`` names a router in (vector-capsule
+      :data:`capsjax.routing.ROUTERS`, or ``MATRIX_ROUTERS``).
     default_routing: the router name ``--routing`` defaults to for this model.
     description: one line for ``--help`` and the docs.
   """
@@ -57,6 +61,7 @@ class ModelSpec:
   num_classes: int | None = None
   max_labels: int | None = None
   eval_module: Callable[[nn.Module], nn.Module] = _same
+  routers: Registry = ROUTERS
   default_routing: str = "dynamic"
   description: str = ""
 

@@ -20,14 +20,24 @@ usable under ``jit``, ``vmap`` and ``grad``.
   @ROUTERS.register("uniform")
   def uniform(u_hat, num_iters, **options):
     ...
+
+Matrix capsules (poses and activations) have their own convention and
+registry, :data:`MATRIX_ROUTERS` (see :mod:`capsjax.routing.em`)::
+
+  poses, activations = router(votes, activations, beta_u, beta_a, num_iters, **options)
 """
 from capsjax.registry import Registry
 from capsjax.routing.attention import exp_squash, self_attention_routing
 from capsjax.routing.dynamic import dynamic_routing, safe_norm, squash
+from capsjax.routing.em import VARIANCE_FLOOR, em_routing, inverse_temperatures, window_softmax
 
-__all__ = ["ROUTERS", "dynamic_routing", "exp_squash", "safe_norm", "self_attention_routing",
-           "squash"]
+__all__ = ["ROUTERS", "MATRIX_ROUTERS", "VARIANCE_FLOOR", "dynamic_routing", "em_routing", "exp_squash",
+           "inverse_temperatures", "safe_norm", "self_attention_routing", "squash",
+           "window_softmax"]
 
 ROUTERS: Registry = Registry("router", "capsjax.routing.ROUTERS")
 ROUTERS.register("dynamic", dynamic_routing)                 # Sabour et al. 2017
 ROUTERS.register("self_attention", self_attention_routing)   # Mazzia et al. 2021
+
+MATRIX_ROUTERS: Registry = Registry("matrix-capsule router", "capsjax.routing.MATRIX_ROUTERS")
+MATRIX_ROUTERS.register("em", em_routing)                    # Hinton et al. 2018

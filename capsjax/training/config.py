@@ -34,14 +34,15 @@ PRECISIONS = ("fp32", "bf16")
 IDENTITY_FIELDS = (
     "model", "dataset", "routing", "routing_iters", "batch_size", "lr", "lr_decay_rate",
     "lr_decay_steps", "lr_min", "recon_weight", "seed", "precision", "stop_gradient_inner",
-    "digit_caps_init", "primary_caps_scale",
+    "digit_caps_init", "primary_caps_scale", "model_size", "margin_ramp_steps",
 )
 
 # What a config.json written before a field existed was trained with; used
 # when such a file lacks the field, so an old run resumes and evaluates as it
 # was trained, and a new default cannot silently change it.
 VALUES_BEFORE_THE_FIELD = {"digit_caps_init": 0.1, "primary_caps_scale": 1.0,
-                           "model": "capsnet", "routing": "dynamic"}
+                           "model": "capsnet", "routing": "dynamic", "model_size": "small",
+                           "margin_ramp_steps": 20_000}
 
 
 class ConfigError(ValueError):
@@ -60,8 +61,9 @@ class TrainConfig:
   dataset: str = flag("multimnist", "a name in capsjax.data.DATASETS (multimnist: 36x36 "
                       "overlapping pairs; mnist; fashion_mnist) or tfds:NAME, any prepared "
                       "tensorflow-datasets image-classification dataset")
-  routing: str = flag("", "the router, a name in capsjax.routing.ROUTERS (default: the "
-                      "model's; dynamic for capsnet, self_attention for efficient_capsnet)")
+  routing: str = flag("", "the router, a name in capsjax.routing.ROUTERS (MATRIX_ROUTERS for "
+                      "matrix_capsnet); default: the model's (dynamic for capsnet, "
+                      "self_attention for efficient_capsnet, em for matrix_capsnet)")
   routing_iters: int = flag(3, "routing iterations (>= 1; the paper uses 3)")
   batch_size: int = flag(128, "global batch size, split over all devices")
   epochs: float = flag(50.0, "training length in epochs of the train split (ignored if "
@@ -99,6 +101,10 @@ class TrainConfig:
   primary_caps_scale: float = flag(1.0, (
       "factor on the PrimaryCaps convolution before its bias (1.0: the paper's plain "
       "convolution; the official code's is 0.03125 = 1/32, used with --digit_caps_init 0.1)"))
+  model_size: str = flag("small", "matrix_capsnet's configuration: small (A=64, B=8, C=D=16) "
+                         "or large (A=B=C=D=32)")
+  margin_ramp_steps: int = flag(20_000, "steps over which the spread-loss margin of "
+                                "matrix_capsnet rises linearly from 0.2 to 0.9")
   tensorboard: bool = flag(False, "also write a TensorBoard log to <workdir>/tensorboard "
                            "(needs tensorboardX: pip install 'capsjax[tensorboard]')")
   distributed: bool = flag(False, "call jax.distributed.initialize() first (multi-host runs; "
@@ -119,6 +125,11 @@ class TrainConfig:
   def data(self):
     """The :class:`capsjax.data.DatasetSpec` of ``dataset``."""
     return get_dataset(self.dataset)
+
+  @property
+  def routers(self):
+    """The registry ``routing`` names a router in: the model's (vector capsules by default)."""
+    return MODELS.get(self.model).routers if self.model in MODELS else ROUTERS
 
   @property
   def model_spec(self):
@@ -154,7 +165,7 @@ class TrainConfig:
     def need(ok, message):
       if not ok:
         raise ConfigError(message)
-    for name, registry in (("model", MODELS), ("routing", ROUTERS)):
+    for name, registry in (("model", MODELS), ("routing", self.routers)):
       value = getattr(self, name)
       need(value in registry, f"--{name} {value!r} is unknown; use one of "
            f"{', '.join(registry.names())} (or register one in {registry.where}).")
@@ -197,6 +208,8 @@ class TrainConfig:
     need(self.primary_caps_scale > 0,
          f"--primary_caps_scale must be > 0 (got {self.primary_caps_scale}); use 1.0 "
          "(the paper) or 0.03125 (the official code).")
+    need(self.margin_ramp_steps >= 0,
+         f"--margin_ramp_steps must be >= 0 (got {self.margin_ramp_steps}).")
     need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
          "--checkpoint_every, --keep_checkpoints and --log_every must be >= 1.")
     need(self.eval_every >= 0, "--eval_every must be >= 0.")

@@ -78,8 +78,9 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
                     model_state=variables)
 
 
-def loss_fn(params, model_state, model: nn.Module, batch: Batch, config: TrainConfig):
-  """The model's loss (its :class:`capsjax.models.ModelSpec`), batch mean.
+def loss_fn(params, model_state, model: nn.Module, batch: Batch, config: TrainConfig,
+            step=0):
+  """The model's loss (its :class:`capsjax.models.ModelSpec`) at optimizer ``step``, batch mean.
 
   Returns ``(loss, (metrics, new model_state))``.
   """
@@ -90,7 +91,7 @@ def loss_fn(params, model_state, model: nn.Module, batch: Batch, config: TrainCo
                                  mutable=list(spec.collections))
   else:
     out, new_state = model.apply(variables, batch["image"], batch["labels"], train=True), {}
-  per_example, terms = spec.loss(out, batch, config)
+  per_example, terms = spec.loss(out, batch, config, step)
   loss = jnp.mean(per_example)
   metrics = {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()},
              "accuracy": jnp.mean(strict_correct(out.scores, batch["labels"]))}
@@ -117,19 +118,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
                     config: TrainConfig) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """``(state, global batch) -> (new state, metrics)``, jitted, state donated."""
 
-  def local_grads(params, model_state, batch):
+  def local_grads(params, model_state, batch, step):
     # Each device differentiates its own copy of the parameters (its slice of
     # the batch), then the gradients are averaged explicitly: the pmap model.
     params = jax.lax.pcast(params, DATA_AXIS, to="varying")
     grads, (metrics, new_state) = jax.grad(loss_fn, has_aux=True)(
-        params, model_state, model, batch, config)
+        params, model_state, model, batch, config, step)
     return jax.lax.pmean((grads, metrics, new_state), DATA_AXIS)
 
-  grads_fn = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)),
+  grads_fn = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P()),
                            out_specs=(P(), P(), P()))
 
   def train_step(state: TrainState, batch: Batch):
-    grads, metrics, model_state = grads_fn(state.params, state.model_state, batch)
+    grads, metrics, model_state = grads_fn(state.params, state.model_state, batch, state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
