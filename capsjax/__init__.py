@@ -1,8 +1,8 @@
 """capsjax: capsule networks in JAX/Flax.
 
-  capsjax.routing   squash, safe_norm, routers (ROUTERS)       pure jax.numpy
-  capsjax.losses    margin and reconstruction losses           pure jax.numpy
-  capsjax.layers    PrimaryCaps, DenseCaps, Decoder, Conv      Flax
+  capsjax.routing   squash, safe_norm, routers (ROUTERS, MATRIX_ROUTERS)  pure jax.numpy
+  capsjax.losses    margin, reconstruction and spread losses   pure jax.numpy
+  capsjax.layers    PrimaryCaps, DenseCaps, matrix capsules    Flax
   capsjax.models    CapsNet, ... (MODELS)                      Flax
   capsjax.data      MNIST, MultiMNIST, tfds (DATASETS)         NumPy
   capsjax.training  config, data-parallel steps, the loop
@@ -12,7 +12,7 @@ from capsjax.losses import margin_loss, reconstruction_loss
 from capsjax.models import CapsNet, CapsNetOutput
 from capsjax.routing import dynamic_routing, safe_norm, squash
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "CapsNet", "CapsNetOutput", "dynamic_routing", "margin_loss",
