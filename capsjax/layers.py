@@ -222,6 +222,15 @@ def _votes(poses: jax.Array, w: jax.Array) -> jax.Array:
   return v.reshape(*v.shape[:-2], 16)
 
 
+def _matrix_params(module: nn.Module, w_shape: tuple[int, ...], n_out: int, stddev: float):
+  """The transformations ``W`` (truncated normal) and the costs ``beta_u``, ``beta_a``
+  (zeros, one per parent type) of a routed matrix-capsule layer."""
+  w = module.param("W", nn.initializers.truncated_normal(stddev), w_shape, jnp.float32)
+  beta_u = module.param("beta_u", nn.initializers.zeros, (n_out,), jnp.float32)
+  beta_a = module.param("beta_a", nn.initializers.zeros, (n_out,), jnp.float32)
+  return w, beta_u, beta_a
+
+
 class PrimaryMatrixCaps(nn.Module):
   """1x1 convolutions to ``num_types`` capsules per position: 16 pose entries
   and a sigmoid activation each. ``(B, H, W, C)`` -> ``(B, H, W, T, 16), (B, H, W, T)``."""
@@ -264,10 +273,8 @@ class ConvMatrixCaps(nn.Module):
   def __call__(self, poses: jax.Array, activations: jax.Array) -> tuple[jax.Array, jax.Array]:
     _, h, w, types, _ = poses.shape
     k = self.kernel_size
-    weights = self.param("W", nn.initializers.truncated_normal(self.init_stddev),
-                         (k, k, types, self.num_types, 4, 4), jnp.float32)
-    beta_u = self.param("beta_u", nn.initializers.zeros, (self.num_types,), jnp.float32)
-    beta_a = self.param("beta_a", nn.initializers.zeros, (self.num_types,), jnp.float32)
+    weights, beta_u, beta_a = _matrix_params(self, (k, k, types, self.num_types, 4, 4),
+                                             self.num_types, self.init_stddev)
     pose_windows = windows(poses, k, self.stride)                 # (B, H', W', k, k, T, 16)
     b, ho, wo = pose_windows.shape[:3]
     children = pose_windows.reshape(b, ho, wo, k * k * types, 16)
@@ -301,10 +308,8 @@ class ClassMatrixCaps(nn.Module):
                centres: tuple[jax.Array, jax.Array] | None = None
                ) -> tuple[jax.Array, jax.Array]:
     b, h, w, types, _ = poses.shape
-    weights = self.param("W", nn.initializers.truncated_normal(self.init_stddev),
-                         (types, self.num_classes, 4, 4), jnp.float32)
-    beta_u = self.param("beta_u", nn.initializers.zeros, (self.num_classes,), jnp.float32)
-    beta_a = self.param("beta_a", nn.initializers.zeros, (self.num_classes,), jnp.float32)
+    weights, beta_u, beta_a = _matrix_params(self, (types, self.num_classes, 4, 4),
+                                             self.num_classes, self.init_stddev)
     votes = _votes(poses, weights)                                # (B, H, W, T, classes, 16)
     if self.coordinate_addition:
       rows, cols = centres if centres is not None else (
