@@ -131,6 +131,35 @@ class PrimaryCaps(nn.Module):
     return squash(u)
 
 
+@jax.custom_vjp
+def _dense_votes(u: jax.Array, w: jax.Array) -> jax.Array:
+  """``u_hat = W_ij u_i``: ``u (B, n_in, d_in)``, ``w (n_in, n_out, d_out, d_in)`` ->
+  ``(B, n_in, n_out, d_out)``.
+
+  The gradients are written out so that ``du_hat`` is only regrouped child-major
+  ``(n_in, B, n_out * d_out)`` (rows stay contiguous). Left to autodiff, XLA:CPU
+  computes ``dW`` from ``du_hat`` transposed batch-minor, in one fusion that
+  took 63 ms of a 160 ms backward pass (batch 32, 3 iterations).
+  """
+  return jnp.einsum("bik,ijdk->bijd", u, w)
+
+
+def _dense_votes_fwd(u, w):
+  return _dense_votes(u, w), (u, w)
+
+
+def _dense_votes_bwd(residuals, du_hat):
+  u, w = residuals
+  n_in, n_out, d_out, d_in = w.shape
+  du_hat = jnp.swapaxes(du_hat, 0, 1).reshape(n_in, -1, n_out * d_out)  # (i, b, jd)
+  dw = jnp.einsum("ibk,ibf->ifk", jnp.swapaxes(u, 0, 1), du_hat)
+  du = jnp.einsum("ibf,ifk->bik", du_hat, w.reshape(n_in, n_out * d_out, d_in))
+  return du, dw.reshape(w.shape)
+
+
+_dense_votes.defvjp(_dense_votes_fwd, _dense_votes_bwd)
+
+
 class DenseCaps(nn.Module):
   """Fully connected capsules: a weight matrix W_ij per (child i, parent j), then routing.
 
@@ -156,7 +185,7 @@ class DenseCaps(nn.Module):
     _, n_in, d_in = u.shape
     w = self.param("W", self.kernel_init or nn.initializers.truncated_normal(self.init_stddev),
                    (n_in, self.num_caps, self.caps_dim, d_in), jnp.float32)
-    u_hat = jnp.einsum("bik,ijdk->bijd", u.astype(self.dtype), w.astype(self.dtype))
+    u_hat = _dense_votes(u.astype(self.dtype), w.astype(self.dtype))
     options = {}
     if self.routing_bias:
       options["bias"] = self.param("b", nn.initializers.zeros, (n_in, self.num_caps),

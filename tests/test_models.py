@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from capsjax import CapsNet
+from capsjax.layers import DenseCaps
 from capsjax.routing import dynamic_routing
 
 
@@ -72,6 +73,22 @@ def test_digit_caps_are_routing_of_the_primary_predictions(small_run):
   v, c = dynamic_routing(jnp.asarray(u_hat), 3)
   np.testing.assert_allclose(out.digit_caps, v, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(out.coupling, c, rtol=1e-4, atol=1e-6)
+
+
+def test_dense_caps_gradients_are_the_transposed_products():
+  # A router that passes u_hat through: loss = sum(G * u_hat), so by hand
+  # dL/dW_ijdk = sum_b G_bijd u_bik and dL/du_bik = sum_jd G_bijd W_ijdk.
+  rng = np.random.default_rng(0)
+  u = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  g = rng.normal(size=(3, 5, 2, 6)).astype(np.float32)
+  layer = DenseCaps(num_caps=2, caps_dim=6, routing=lambda u_hat, n: (u_hat, u_hat[..., 0]))
+  params = layer.init(jax.random.key(0), jnp.asarray(u))["params"]
+  w = np.asarray(params["W"])
+  chex.assert_shape(w, (5, 2, 6, 4))
+  loss = lambda p, u: jnp.sum(layer.apply({"params": p}, u)[0] * g)
+  dp, du = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(u))
+  np.testing.assert_allclose(dp["W"], np.einsum("bijd,bik->ijdk", g, u), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(du, np.einsum("bijd,ijdk->bik", g, w), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -73,7 +73,7 @@ def dynamic_routing(
 
   The first iteration has ``c = 1/n_out`` exactly and is written out; the
   logit update after the last iteration is never used. So ``jax.lax.fori_loop``
-  runs the ``num_iters - 2`` middle iterations, then the final ``c`` and ``v``
+  runs the ``num_iters - 2`` middle iterations (unrolled), then the final ``c`` and ``v``
   are formed.
 
   Args:
@@ -122,6 +122,8 @@ def dynamic_routing(
     v = weighted_sum(jax.nn.softmax(logits, axis=-1), inner_u_hat)
     return logits + agreement(inner_u_hat, v)
 
-  logits = jax.lax.fori_loop(0, num_iters - 2, update_logits, logits)
+  # Unrolled: XLA:CPU runs a rolled loop's body without fusing it with its
+  # surroundings (3 iterations, batch 32: 113 ms forward rolled, 60 ms unrolled).
+  logits = jax.lax.fori_loop(0, num_iters - 2, update_logits, logits, unroll=True)
   c = jax.nn.softmax(logits, axis=-1)
   return weighted_sum(c, u_hat), c
