@@ -1,6 +1,10 @@
-"""MultiMNIST generator throughput on one core: prints pairs/s.
+"""Host-side data throughput: the generators on one core, and fed by worker processes.
 
-  python benchmarks/bench_data.py [--batch_size 512] [--seconds 5]
+  python benchmarks/bench_data.py [--batch_size 512] [--seconds 5] [--workers 1,2,4]
+
+The generators are pure functions of the step; ``worker_prefetch`` builds the
+batches of the training loop (``--data_workers N``) in N spawned processes and
+sends them back pickled, so its figure includes that transfer.
 """
 import argparse
 import os
@@ -8,7 +12,8 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from capsjax.data import MultiMNIST, ShiftedImages, load_mnist  # noqa: E402
+from capsjax.data import (  # noqa: E402
+    MultiMNIST, ShiftedImages, TrainBatches, load_mnist, worker_prefetch)
 
 
 def rate(make, batch_size, seconds):
@@ -20,17 +25,41 @@ def rate(make, batch_size, seconds):
   return (step - 1) * batch_size / (time.perf_counter() - start)
 
 
+def worker_rate(source, batch_size, workers, seconds):
+  """Examples/s delivered in order by ``workers`` processes (after their start)."""
+  batches = worker_prefetch(TrainBatches(source, batch_size), ((s, 1) for s in range(10 ** 9)),
+                            workers)
+  for _ in range(2 * workers):  # the workers are up and the queue is full
+    next(batches)
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    next(batches)
+    count += 1
+  elapsed = time.perf_counter() - start
+  batches.close()
+  return count * batch_size / elapsed
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch_size", type=int, default=512)
   parser.add_argument("--seconds", type=float, default=5.0)
+  parser.add_argument("--workers", default="", help="comma list of worker counts to time")
   args = parser.parse_args()
   images, labels = load_mnist("train", source="bundled")
   multi = MultiMNIST(images, labels, seed=0)
   single = ShiftedImages(images, labels, seed=0)
   b = args.batch_size
-  print(f"MultiMNIST   batch {b}: {rate(lambda s: multi.batch(s, b), b, args.seconds):,.0f} pairs/s")
-  print(f"ShiftedImages batch {b}: {rate(lambda s: single.batch(s, b), b, args.seconds):,.0f} images/s")
+  print(f"# {os.cpu_count()} cores; batch {b}")
+  print(f"MultiMNIST    1 core: {rate(lambda s: multi.batch(s, b), b, args.seconds):,.0f} pairs/s")
+  print(f"ShiftedImages 1 core: {rate(lambda s: single.batch(s, b), b, args.seconds):,.0f} "
+        "images/s")
+  for workers in [int(w) for w in args.workers.split(",") if w]:
+    print(f"MultiMNIST    {workers} workers: "
+          f"{worker_rate(multi, b, workers, args.seconds):,.0f} pairs/s", flush=True)
+    print(f"ShiftedImages {workers} workers: "
+          f"{worker_rate(single, b, workers, args.seconds):,.0f} images/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ models' are XLA's cost analysis of the compiled step.
   python benchmarks/bench_train_step.py --sizes 28 --batch_sizes 128 --json
   python benchmarks/bench_train_step.py --conv_impl xla       # native conv (slow on CPU)
   python benchmarks/bench_train_step.py --model efficient_capsnet --sizes 28 --routing 1
+  python benchmarks/bench_train_step.py --precisions fp32,bf16 --batch_sizes 128,512,1024 \
+      --steps_per_call 1,10 --peak_tflops 989 --json        # on one H200
 """
 from __future__ import annotations
 
@@ -60,10 +62,12 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
 
 
 def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
-               conv_impl: str = "auto", model: str = "capsnet"):
+               conv_impl: str = "auto", model: str = "capsnet", steps_per_call: int = 1):
   """The library's train step, compiled for a synthetic batch.
 
-  ``conv_impl`` picks the convolution formulation (see :mod:`capsjax.conv`).
+  ``conv_impl`` picks the convolution formulation (see :mod:`capsjax.conv`);
+  with ``steps_per_call = k > 1`` the step runs ``k`` steps per call, on a block
+  of ``k`` copies of the batch.
 
   Returns ``(compiled step, state, batch, compile seconds, XLA FLOPs per step)``.
   """
@@ -72,7 +76,7 @@ def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
   mesh = make_mesh()
   config.validate(mesh.size)
   model, tx = make_model(config).clone(conv_impl=conv_impl), make_optimizer(config)
-  step = make_train_step(model, tx, mesh, config)
+  step = make_train_step(model, tx, mesh, config, steps_per_call=steps_per_call)
   state = jax.device_put(init_state(model, tx, config.data.image_shape, 0),
                          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   rng = np.random.default_rng(0)
@@ -80,25 +84,30 @@ def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
   labels = np.stack([rng.permutation(10)[:k] for _ in range(batch_size)]).astype(np.int32)
   multi_hot = np.zeros((batch_size, 10), np.float32)
   np.put_along_axis(multi_hot, labels, 1.0, axis=1)
-  batch = shard_batch({
+  batch = {
       "image": rng.uniform(size=(batch_size, size, size, 1)).astype(np.float32),
       "labels": labels, "multi_hot": multi_hot,
       "components": rng.uniform(size=(batch_size, k, size, size, 1)).astype(np.float32),
-  }, mesh)
+  }
+  if steps_per_call > 1:
+    batch = {name: np.stack([v] * steps_per_call) for name, v in batch.items()}
+  batch = shard_batch(batch, mesh, block=steps_per_call > 1)
 
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  xla_flops = float(cost.get("flops", 0.0)) / steps_per_call if cost else 0.0
   return compiled, state, batch, compile_s, xla_flops
 
 
 def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
-              steps: int, warmup: int, conv_impl: str = "auto", model: str = "capsnet") -> dict:
+              steps: int, warmup: int, conv_impl: str = "auto", model: str = "capsnet",
+              steps_per_call: int = 1) -> dict:
+  """Times ``steps`` calls (after ``warmup``); a step is a call / ``steps_per_call``."""
   compiled, state, batch, compile_s, xla_flops = build_step(
-      size, routing_iters, batch_size, precision, conv_impl, model)
+      size, routing_iters, batch_size, precision, conv_impl, model, steps_per_call)
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
@@ -108,14 +117,14 @@ def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times)
+  step_s = statistics.median(times) / steps_per_call
   flops = (analytic_flops_per_image(size, routing_iters) if model == "capsnet"
            else xla_flops / batch_size)
   return {
       "model": model, "backend": jax.default_backend(), "devices": jax.device_count(),
       "size": size,
       "routing_iters": routing_iters, "batch_size": batch_size, "precision": precision,
-      "conv_impl": conv_impl,
+      "conv_impl": conv_impl, "steps_per_call": steps_per_call,
       "compile_s": compile_s, "step_s": step_s, "images_per_s": batch_size / step_s,
       "gflop_per_image": flops / 1e9,
       "xla_gflop_per_image": xla_flops / batch_size / 1e9 if xla_flops else None,
@@ -146,6 +155,11 @@ def main():
   parser.add_argument("--precisions", default="fp32", help="comma list of fp32,bf16")
   parser.add_argument("--conv_impl", choices=CONV_IMPLS, default="auto",
                       help="convolution formulation (auto: im2col on CPU, xla elsewhere)")
+  parser.add_argument("--steps_per_call", type=ints, default=[1],
+                      help="comma list: train steps per device call (lax.scan over a block)")
+  parser.add_argument("--peak_tflops", type=float, default=0.0,
+                      help="the chip's nominal peak (e.g. its dense bf16 TFLOP/s) for an "
+                           "extra MFU column; 0: only the measured matmul peak")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--torch", action="store_true", help="also time benchmarks/peer_torch.py")
@@ -159,8 +173,10 @@ def main():
         f"({jax.devices()[0].device_kind}); "
         f"{conv} convolutions; "
         + ", ".join(f"{p} matmul peak {v:,.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
-  header = (f"{'size':>4} {'r':>2} {'batch':>5} {'prec':>5} {'compile s':>9} {'step ms':>9} "
-            f"{'img/s':>9} {'GFLOP/img':>9} {'GFLOP/s':>9} {'MFU':>6}")
+  header = (f"{'size':>4} {'r':>2} {'batch':>5} {'k':>3} {'prec':>5} {'compile s':>9} "
+            f"{'step ms':>9} {'img/s':>9} {'GFLOP/img':>9} {'GFLOP/s':>9} {'MFU':>6}")
+  if args.peak_tflops:
+    header += f" {'MFU chip':>8}"
   if args.torch:
     header += f" {'torch img/s':>11} {'ratio':>6}"
   if not args.json:
@@ -168,10 +184,13 @@ def main():
   for precision in args.precisions.split(","):
     for size in args.sizes:
       for r in args.routing:
-        for b in args.batch_sizes:
-          row = bench_one(size, r, b, precision, args.steps, args.warmup, conv, args.model)
+        for b, k in ((b, k) for b in args.batch_sizes for k in args.steps_per_call):
+          row = bench_one(size, r, b, precision, args.steps, args.warmup, conv, args.model, k)
           row["matmul_peak_gflop_per_s"] = peaks[precision]
           row["mfu"] = row["gflop_per_s"] / peaks[precision]
+          if args.peak_tflops:
+            row["chip_peak_tflop_per_s"] = args.peak_tflops
+            row["mfu_chip"] = row["gflop_per_s"] / (1e3 * args.peak_tflops)
           if args.torch:
             peer = run_torch(size, r, b, args.steps, args.warmup)
             row["torch_images_per_s"] = peer and peer["images_per_s"]
@@ -179,10 +198,12 @@ def main():
           if args.json:
             print(json.dumps(row), flush=True)
             continue
-          line = (f"{size:>4} {r:>2} {b:>5} {precision:>5} {row['compile_s']:>9.2f} "
+          line = (f"{size:>4} {r:>2} {b:>5} {k:>3} {precision:>5} {row['compile_s']:>9.2f} "
                   f"{1e3 * row['step_s']:>9.1f} {row['images_per_s']:>9.1f} "
                   f"{row['gflop_per_image']:>9.3f} {row['gflop_per_s']:>9.1f} "
                   f"{100 * row['mfu']:>5.1f}%")
+          if args.peak_tflops:
+            line += f" {100 * row['mfu_chip']:>7.2f}%"
           if args.torch:
             tip = row["torch_images_per_s"]
             line += (f" {tip:>11.1f} {row['ratio_vs_torch']:>5.2f}x" if tip else "  (failed)")

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from capsjax.data import (
     ClassificationTest, DataError, MnistFileError, MultiMNIST, ShiftedImages, get_dataset,
-    load_idx_dataset, load_mnist, prefetch)
+    TrainBatches, load_idx_dataset, load_mnist, prefetch, worker_prefetch)
 from capsjax.data import mnist as mnist_lib
 
 
@@ -449,3 +449,23 @@ def test_smallnorb_augmentation_crops_and_jitters_within_the_ranges():
     assert CONTRAST_RANGE[0] - 1e-2 <= contrast <= CONTRAST_RANGE[1] + 1e-2
   np.testing.assert_array_equal(crops, smallnorb_augment(small, seed=1, index=index))
   assert not np.array_equal(crops, smallnorb_augment(small, seed=2, index=index))
+
+
+def test_worker_processes_build_the_same_batches_in_order(monkeypatch):
+  monkeypatch.setitem(mnist_lib.SPLITS, "test", ("t10k", 10_000))
+  images, labels = load_mnist("test", source="bundled")
+  make = TrainBatches(MultiMNIST(images[:500], labels[:500], seed=3), 16)
+  chunks = [(0, 1), (1, 1), (2, 3), (5, 1), (6, 2)]
+  got = list(worker_prefetch(make, chunks, workers=2))
+  assert len(got) == len(chunks)
+  for (first, count), batch in zip(chunks, got):
+    want = make((first, count))
+    if count > 1:  # a block is the single batches stacked
+      for i in range(count):
+        np.testing.assert_array_equal(want["image"][i], make((first + i, 1))["image"])
+    assert batch.keys() == want.keys()
+    for key in want:
+      assert batch[key].dtype == want[key].dtype
+      np.testing.assert_array_equal(batch[key], want[key])
+  with pytest.raises(ValueError, match="workers must be >= 1"):
+    next(worker_prefetch(make, chunks, workers=0))

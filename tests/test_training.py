@@ -83,6 +83,58 @@ def test_eight_device_step_equals_one_device_step(tmp_path, mnist_batch):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_block_of_steps_equals_single_steps(tmp_path):
+  # One call of the scanned k-step train step against k calls of the single
+  # step, on 8 devices, with Adam and the real loss.
+  config = tiny_config(tmp_path, batch_size=16)
+  model, tx = make_model(config), make_optimizer(config)
+  mesh = make_mesh()
+  images, labels = load_mnist("test", source="bundled")
+  data = ShiftedImages(images[:256], labels[:256], seed=0)
+  batches = [data.batch(i, 16) for i in range(3)]
+  single = make_train_step(model, tx, mesh, config)
+  block_step = make_train_step(model, tx, mesh, config, steps_per_call=3)
+  state = init_state(model, tx, (28, 28, 1), seed=0)
+  singles = []
+  for batch in batches:
+    state, metrics = single(state, shard_batch(batch, mesh))
+    singles.append(jax.device_get(metrics))
+  block = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+  block_state, block_metrics = block_step(init_state(model, tx, (28, 28, 1), seed=0),
+                                          shard_batch(block, mesh, block=True))
+  assert int(block_state.step) == int(state.step) == 3
+  for name, values in jax.device_get(block_metrics).items():
+    assert values.shape == (3,)
+    np.testing.assert_allclose(values, [m[name] for m in singles], rtol=1e-5, atol=1e-7)
+  for a, b in zip(jax.tree.leaves(block_state), jax.tree.leaves(state)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="steps_per_call must be an int >= 1"):
+    make_train_step(model, tx, mesh, config, steps_per_call=0)
+
+
+@pytest.mark.slow
+def test_run_with_blocks_of_steps_equals_plain_run(tmp_path):
+  # 5 steps with --steps_per_call 2 and a worker process building the batches:
+  # blocks [0, 2) and [2, 4), then one single step; logs, checkpoints and the
+  # final parameters match a plain run.
+  runs = {}
+  for k in (1, 2):
+    workdir = tmp_path / f"k{k}"
+    summary = train_and_evaluate(tiny_config(tmp_path, workdir=str(workdir), steps=5,
+                                             log_every=2, steps_per_call=k,
+                                             data_workers=k - 1))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    runs[k] = (summary, [(r["step"], r["loss"]) for r in records if r["split"] == "train"],
+               final_params(workdir))
+  (s1, log1, (step1, p1)), (s2, log2, (step2, p2)) = runs[1], runs[2]
+  assert s1["step"] == s2["step"] == step1 == step2 == 5
+  assert [s for s, _ in log1] == [s for s, _ in log2] == [2, 4, 5]
+  np.testing.assert_allclose([loss for _, loss in log2], [loss for _, loss in log1], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def fit_fixed_batch(config, batch, steps=25):
   """Trains on one batch; returns the final state, the losses and the last metrics."""
   model, tx = make_model(config), make_optimizer(config)
@@ -228,6 +280,9 @@ def test_resume_in_halves_is_bitwise_identical(tmp_path):
     (dict(primary_caps_scale=-1.0), "--primary_caps_scale must be > 0"),
     (dict(lr_decay_steps=-1), "--lr_decay_steps must be >= 0"),
     (dict(lr_decay_rate=0.0), r"--lr_decay_rate must be in \(0, 1\]"),
+    (dict(steps_per_call=4, log_every=6, checkpoint_every=4),
+     "--log_every 6 must be a multiple of --steps_per_call 4"),
+    (dict(steps_per_call=0), "--steps_per_call must be >= 1"),
 ])
 def test_bad_flags(tmp_path, overrides, match):
   with pytest.raises(ConfigError, match=match):

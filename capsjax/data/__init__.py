@@ -8,15 +8,16 @@
   smallnorb.py    smallNORB as the EM-routing paper uses it
   images.py       the batch layout and image helpers
   random.py       counter-based randomness and epoch order
-  pipeline.py     prefetching, padding, per-process rows
+  pipeline.py     prefetching (thread or worker processes), blocks, padding, per-process rows
 """
 from capsjax.data.errors import DataError, MnistFileError
 from capsjax.data.mnist import load_idx_dataset, load_mnist, read_idx
 from capsjax.data.multimnist import MultiMNIST, MultiMNISTTest
-from capsjax.data.pipeline import local_rows, padded, prefetch
+from capsjax.data.pipeline import TrainBatches, local_rows, padded, prefetch, worker_prefetch
 from capsjax.data.registry import DATASETS, DatasetSpec, get_dataset
 from capsjax.data.shifted import ClassificationTest, ShiftedImages
 
 __all__ = ["DATASETS", "ClassificationTest", "DataError", "DatasetSpec", "MnistFileError",
            "MultiMNIST", "MultiMNISTTest", "ShiftedImages", "get_dataset", "load_idx_dataset",
-           "load_mnist", "local_rows", "padded", "prefetch", "read_idx"]
+           "load_mnist", "local_rows", "padded", "prefetch", "read_idx", "TrainBatches",
+           "worker_prefetch"]

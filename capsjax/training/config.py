@@ -87,6 +87,14 @@ class TrainConfig:
   checkpoint_every: int = flag(1000, "save a checkpoint every this many steps")
   keep_checkpoints: int = flag(3, "how many recent checkpoints to keep")
   log_every: int = flag(50, "append training metrics to metrics.jsonl every this many steps")
+  data_workers: int = flag(0, "processes that build the training batches (0: one background "
+                           "thread; the generators are pure functions of the step, so the "
+                           "batches are the same)")
+  steps_per_call: int = flag(1, "train steps per device call: k > 1 runs k steps in one "
+                             "lax.scan over a block of k batches (same result; pays on "
+                             "accelerators, where dispatch is a visible share of a step). "
+                             "--log_every, --checkpoint_every and --eval_every must be "
+                             "multiples of it")
   precision: str = flag("fp32", "fp32, or bf16 (bf16 compute; fp32 parameters and optimizer "
                         "state)")
   test_pairs_per_digit: int = flag(1, "MultiMNIST test pairs per test digit (the paper uses "
@@ -214,6 +222,15 @@ class TrainConfig:
     need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
          "--checkpoint_every, --keep_checkpoints and --log_every must be >= 1.")
     need(self.eval_every >= 0, "--eval_every must be >= 0.")
+    need(self.data_workers >= 0, f"--data_workers must be >= 0 (got {self.data_workers}).")
+    k = self.steps_per_call
+    need(k >= 1, f"--steps_per_call must be >= 1 (got {k}).")
+    off = [f"--{name} {getattr(self, name)}" for name in ("log_every", "checkpoint_every",
+                                                           "eval_every")
+           if getattr(self, name) % k]
+    need(not off, f"{', '.join(off)} must be {'a multiple' if len(off) == 1 else 'multiples'} "
+         f"of --steps_per_call {k}; use multiples of {k} or a --steps_per_call that divides "
+         "them.")
     need(self.test_pairs_per_digit >= 1, "--test_pairs_per_digit must be >= 1.")
     need(self.test_subset >= 0, "--test_subset must be >= 0 (0: the whole test split).")
     need(not self.coordinator_address or (

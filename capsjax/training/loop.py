@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from capsjax.data import local_rows, padded, prefetch
+from capsjax.data import TrainBatches, local_rows, padded, prefetch, worker_prefetch
 from capsjax.training.checkpoint import Checkpointer
 from capsjax.training.config import ConfigError, TrainConfig
 from capsjax.training.logs import RunLog
@@ -146,13 +146,30 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   start = int(state.step)
 
   train_step = make_train_step(model, tx, mesh, config)
+  per_call = config.steps_per_call
+  train_steps = (make_train_step(model, tx, mesh, config, steps_per_call=per_call)
+                 if per_call > 1 else None)
   eval_step = make_eval_step(config.model_spec.eval_module(model), mesh)
   run_log = RunLog(workdir, config.tensorboard, resume_step=start)
   schedule = make_schedule(config)
 
-  def make_batch(step):
-    return train_data.batch(step, config.batch_size, process_index=jax.process_index(),
-                            process_count=jax.process_count())
+  def chunks():
+    """``(first step, count)``: blocks of ``per_call`` steps from its multiples (so
+    every log, checkpoint and evaluation falls on a block's end), single steps
+    before the first and after the last whole block."""
+    first = start
+    while first < total_steps:
+      count = per_call if first % per_call == 0 and first + per_call <= total_steps else 1
+      yield first, count
+      first += count
+
+  make_chunk = TrainBatches(train_data, config.batch_size, jax.process_index(),
+                            jax.process_count())
+  if config.data_workers:
+    block_bytes = per_call * sum(v.nbytes for v in make_chunk((0, 1)).values())
+    batches = worker_prefetch(make_chunk, chunks(), config.data_workers, slot_bytes=block_bytes)
+  else:
+    batches = prefetch(make_chunk, chunks())
 
   window: list[dict] = []
   window_start = time.perf_counter()
@@ -162,10 +179,16 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   step = start
   images_per_sec = 0.0
 
-  def check(step_done: int, metrics) -> None:
+  def check(step_done: int, metrics, count: int = 1) -> None:
     """Raises unless the loss, the gradients and the new parameters of step
-    ``step_done`` are finite; only a checked state is saved or reported."""
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    ``step_done`` (of the ``count`` steps ending there) are finite; only a
+    checked state is saved or reported."""
+    metrics = jax.device_get(metrics)
+    if count > 1:
+      for i in range(count):
+        check(step_done - count + 1 + i, {name: v[i] for name, v in metrics.items()})
+      return
+    metrics = {name: float(v) for name, v in metrics.items()}
     finite_params = metrics.pop("params_finite") == 1.0
     bad = [f"{name} is {metrics[name]}" for name in ("loss", "grad_norm")
            if not math.isfinite(metrics[name])]
@@ -185,12 +208,15 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
 
   with stop.installed(), _progress(total_steps, start) as bar:
     pending = None
-    for batch in prefetch(make_batch, range(start, total_steps)):
-      state, metrics = train_step(state, shard_batch(batch, mesh))
-      step += 1
+    for (_, count), batch in zip(chunks(), batches):
+      if count == 1:
+        state, metrics = train_step(state, shard_batch(batch, mesh))
+      else:
+        state, metrics = train_steps(state, shard_batch(batch, mesh, block=True))
+      step += count
       if pending is not None:
-        check(*pending)  # one step behind, so the device never waits for the host
-      pending = (step, metrics)
+        check(*pending)  # one call behind, so the device never waits for the host
+      pending = (step, metrics, count)
       at_end = step == total_steps
       # Read the flag once: a signal arriving later in this iteration is acted
       # on (saved, then stopped) after the next step, never stopped unsaved.
@@ -221,9 +247,10 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                   + (f" (per digit {100 * last_eval['per_digit_accuracy']:.2f}%)"
                      if config.data.labels_per_example > 1 else ""))
         window_start = time.perf_counter()
-      bar.update(1)
+      bar.update(count)
       if stopping:
         break
+    batches.close()  # stops the prefetch thread or the worker processes
 
   summary = {"step": step, "total_steps": total_steps, "workdir": str(workdir),
              "images_per_sec": images_per_sec, **last_eval}
