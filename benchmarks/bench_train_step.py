@@ -98,7 +98,8 @@ def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float(cost.get("flops", 0.0)) / steps_per_call if cost else 0.0
+  # A scanned block's cost analysis counts the loop body once: one step.
+  xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
   return compiled, state, batch, compile_s, xla_flops
 
 
