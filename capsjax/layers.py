@@ -152,9 +152,10 @@ def _dense_votes_bwd(residuals, du_hat):
   u, w = residuals
   n_in, n_out, d_out, d_in = w.shape
   du_hat = jnp.swapaxes(du_hat, 0, 1).reshape(n_in, -1, n_out * d_out)  # (i, b, jd)
-  dw = jnp.einsum("ibk,ibf->ifk", jnp.swapaxes(u, 0, 1), du_hat)
-  du = jnp.einsum("ibf,ifk->bik", du_hat, w.reshape(n_in, n_out * d_out, d_in))
-  return du, dw.reshape(w.shape)
+  # Per child i two plain row-major GEMMs; only u and the small results move.
+  dw = jnp.einsum("ikb,ibf->ikf", jnp.transpose(u, (1, 2, 0)), du_hat)   # (i, k, jd)
+  du = jnp.einsum("ibf,ifk->ibk", du_hat, w.reshape(n_in, n_out * d_out, d_in))
+  return jnp.swapaxes(du, 0, 1), jnp.swapaxes(dw, 1, 2).reshape(w.shape)
 
 
 _dense_votes.defvjp(_dense_votes_fwd, _dense_votes_bwd)
