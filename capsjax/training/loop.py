@@ -206,7 +206,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     checkpoints.save(step_done, state)
     last_good = step_done
 
-  with stop.installed(), _progress(total_steps, start) as bar:
+  # closing: stops the prefetch thread or the worker processes, however the loop ends.
+  with stop.installed(), _progress(total_steps, start) as bar, contextlib.closing(batches):
     pending = None
     for (_, count), batch in zip(chunks(), batches):
       if count == 1:
@@ -250,7 +251,6 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
       bar.update(count)
       if stopping:
         break
-    batches.close()  # stops the prefetch thread or the worker processes
 
   summary = {"step": step, "total_steps": total_steps, "workdir": str(workdir),
              "images_per_sec": images_per_sec, **last_eval}
