@@ -404,7 +404,6 @@ def test_bad_multimnist_arguments(split):
 # smallNORB, the EM-routing paper's protocol.
 
 def test_smallnorb_through_tfds_mock_data():
-  import tensorflow_datasets as tfds
   from capsjax.data.smallnorb import CROP
   with tfds.testing.mock_data(num_examples=12):
     spec = get_dataset("smallnorb")
