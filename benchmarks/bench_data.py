@@ -2,9 +2,10 @@
 
   python benchmarks/bench_data.py [--batch_size 512] [--seconds 5] [--workers 1,2,4]
 
-The generators are pure functions of the step; ``worker_prefetch`` builds the
-batches of the training loop (``--data_workers N``) in N spawned processes and
-sends them back pickled, so its figure includes that transfer.
+The generators are pure functions of the step; ``batch_stream`` builds the
+batches of the training loop (``--data_workers N``) in N grain worker processes
+and passes them back through shared memory, so its figure includes that transfer
+and the copy out of it.
 """
 import argparse
 import os
@@ -13,7 +14,8 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from capsjax.data import (  # noqa: E402
-    MultiMNIST, ShiftedImages, TrainBatches, load_mnist, worker_prefetch)
+    MultiMNIST, ShiftedImages, TrainBatches, batch_stream, load_mnist)
+from capsjax.data.pipeline import Chunks  # noqa: E402
 
 
 def rate(make, batch_size, seconds):
@@ -27,8 +29,7 @@ def rate(make, batch_size, seconds):
 
 def worker_rate(source, batch_size, workers, seconds):
   """Examples/s delivered in order by ``workers`` processes (after their start)."""
-  batches = worker_prefetch(TrainBatches(source, batch_size), ((s, 1) for s in range(10 ** 9)),
-                            workers)
+  batches = batch_stream(TrainBatches(source, batch_size), Chunks(0, 10 ** 9), workers)
   for _ in range(2 * workers):  # the workers are up and the queue is full
     next(batches)
   count, start = 0, time.perf_counter()
@@ -51,7 +52,7 @@ def main():
   multi = MultiMNIST(images, labels, seed=0)
   single = ShiftedImages(images, labels, seed=0)
   b = args.batch_size
-  print(f"# {os.cpu_count()} cores; batch {b}")
+  print(f"# {os.cpu_count()} cores; batch {b}", flush=True)
   print(f"MultiMNIST    1 core: {rate(lambda s: multi.batch(s, b), b, args.seconds):,.0f} pairs/s")
   print(f"ShiftedImages 1 core: {rate(lambda s: single.batch(s, b), b, args.seconds):,.0f} "
         "images/s")

@@ -1,4 +1,5 @@
-"""MNIST sources (tfds mock, fake download manager, IDX files) and the MultiMNIST generator."""
+"""MNIST sources (tfds mock, fake download manager, IDX files), their canonical order, and the
+generators."""
 import gzip
 import logging
 import pathlib
@@ -9,8 +10,9 @@ import tensorflow_datasets as tfds
 
 from capsjax.data import (
     ClassificationTest, DataError, MnistFileError, MultiMNIST, ShiftedImages, get_dataset,
-    TrainBatches, load_idx_dataset, load_mnist, prefetch, worker_prefetch)
+    load_idx_dataset, load_mnist)
 from capsjax.data import mnist as mnist_lib
+from capsjax.data.canonical import canonical_order, content_hash
 
 
 # ----------------------------------------------------------------------------
@@ -58,9 +60,14 @@ def test_idx_directory_round_trip(tmp_path, gz):
   write_split_dir(tmp_path, gz=gz)
   images, labels = load_mnist("test", source="idx", mnist_dir=tmp_path)
   ref_images, ref_labels = fake_split(20, seed=20)
+  suffix = ".gz" if gz else ""
+  np.testing.assert_array_equal(  # read_idx keeps the file order
+      mnist_lib.read_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", "images"), ref_images)
+  ref_images, ref_labels = canonical_order(ref_images, ref_labels)
   np.testing.assert_array_equal(images, ref_images)
   np.testing.assert_array_equal(labels, ref_labels)
   assert images.dtype == np.uint8 and images.shape == (20, 28, 28)
+  assert labels.dtype == np.int32
 
 
 @pytest.mark.parametrize("corruption,match", [
@@ -113,7 +120,11 @@ def test_tfds_prepared_dataset_via_mock(caplog):
   assert any("prepared tensorflow-datasets" in r.message for r in caplog.records)
   with tfds.testing.mock_data(num_examples=30):
     ref = tfds.data_source("mnist", split="train")
-    np.testing.assert_array_equal(images[3], np.asarray(ref[3]["image"])[..., 0])
+    ref_images = np.stack([np.asarray(ref[i]["image"])[..., 0] for i in range(30)])
+    ref_labels = np.array([int(ref[i]["label"]) for i in range(30)])
+  ref_images, ref_labels = canonical_order(ref_images, ref_labels)
+  np.testing.assert_array_equal(images, ref_images)
+  np.testing.assert_array_equal(labels, ref_labels)
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
@@ -151,7 +162,7 @@ def test_tfds_download_manager_path(tmp_path, monkeypatch, caplog, name):
   with caplog.at_level(logging.INFO, logger="capsjax"):
     images, labels = load_idx_dataset(name, "test", source="auto",
                                       tfds_data_dir=str(tmp_path / "tfds"))
-  np.testing.assert_array_equal(images, fake_split(20, seed=20)[0])
+  np.testing.assert_array_equal(images, canonical_order(*fake_split(20, seed=20))[0])
   assert calls["dataset_name"] == name and calls["checks"]
   assert set(calls["urls"]) <= set(calls["registered"])  # tfds' registered checksums
   assert any("download manager" in r.message for r in caplog.records)
@@ -235,6 +246,69 @@ def test_multimnist_test_subset_missing_a_class_is_a_data_error():
     DATASETS["multimnist"].build(Config)
 
 
+# ----------------------------------------------------------------------------
+# One canonical order, whatever the source.
+
+def shuffled_tfds_copy(directory):
+  """Mocks a prepared tfds copy of the IDX files in `directory`, shuffled as tfds'
+  builders store MNIST."""
+  rng = np.random.default_rng(7)
+  splits = {}
+  for split, prefix in (("train", "train"), ("test", "t10k")):
+    images = mnist_lib.read_idx(directory / f"{prefix}-images-idx3-ubyte.gz", "images")
+    labels = mnist_lib.read_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", "labels")
+    splits[split] = [{"image": images[i][..., None], "label": np.int64(labels[i])}
+                     for i in rng.permutation(len(labels))]
+
+  def as_data_source(builder, split, **kwargs):
+    del builder, kwargs
+    return splits[split]
+
+  return tfds.testing.mock_data(as_data_source_fn=as_data_source)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "multimnist"])
+def test_idx_files_and_a_shuffled_tfds_copy_give_the_same_batches(tmp_path, name):
+  from capsjax.data.registry import DATASETS
+  write_split_dir(tmp_path)
+
+  def build(data_source, mnist_dir):
+    class Config:
+      seed, test_pairs_per_digit = 4, 2
+      test_subset = 0 if name == "multimnist" else 15
+    Config.data_source, Config.mnist_dir = data_source, mnist_dir
+    train, test = DATASETS[name].build(Config)
+    return [train.batch(step, 8) for step in range(5)] + list(test.batches(8))
+
+  from_idx = build("idx", str(tmp_path))
+  with shuffled_tfds_copy(tmp_path):
+    from_tfds = build("tfds", "")
+  assert len(from_idx) == len(from_tfds) == 5 + (5 if name == "multimnist" else 2)
+  for a, b in zip(from_idx, from_tfds):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_canonical_order_depends_on_the_content_alone(monkeypatch):
+  monkeypatch.setitem(mnist_lib.SPLITS, "test", ("t10k", 10_000))
+  images, labels = load_mnist("test", source="bundled")
+  assert not np.array_equal(labels, mnist_lib.read_idx(
+      mnist_lib.BUNDLED_DIR / "t10k-labels-idx1-ubyte.gz", "labels"))
+  shuffle = np.random.default_rng(0).permutation(len(labels))
+  again = canonical_order(images[shuffle][..., None], labels[shuffle])
+  np.testing.assert_array_equal(again[0][..., 0], images)
+  np.testing.assert_array_equal(again[1], labels)
+  # The same image under two labels: ordered by label.
+  twins = np.repeat(images[:1], 2, axis=0), np.array([7, 2])
+  np.testing.assert_array_equal(canonical_order(*twins)[1], [2, 7])
+  np.testing.assert_array_equal(canonical_order(twins[0], twins[1][::-1])[1], [2, 7])
+  # Any image size (rows that are not whole 8-byte words); one pixel changes the hash.
+  odd = np.zeros((2, 5, 5), np.uint8)
+  odd[1, 4, 4] = 1
+  assert content_hash(odd)[0] != content_hash(odd)[1]
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="split"):
     load_mnist("validation")
@@ -296,9 +370,37 @@ def test_multimnist_batch_contract(split):
   np.testing.assert_allclose(batch["image"], np.minimum(a + b_, 255) / 255, atol=1e-6)
 
 
-def test_multimnist_max_merge(split):
-  batch = MultiMNIST(*split, seed=0, merge="max").batch(0, 32)
-  np.testing.assert_allclose(batch["image"], batch["components"].max(axis=1), atol=1e-7)
+# Two hand-made digits, a 3 and a 7 (every other class blank), unshifted: each sits
+# 4 px into the 36x36 canvas. Their pixels (row, col): value, and the merges written out.
+_DIGIT_3 = {(0, 0): 200, (0, 1): 100, (13, 14): 255, (27, 27): 50}
+_DIGIT_7 = {(0, 0): 120, (0, 1): 150, (0, 2): 90, (27, 27): 50}
+_MERGED = {
+    "max": {(4, 4): 200, (4, 5): 150, (4, 6): 90, (17, 18): 255, (31, 31): 50},
+    "clip_sum": {(4, 4): 255, (4, 5): 250, (4, 6): 90, (17, 18): 255, (31, 31): 100},
+}
+
+
+@pytest.mark.parametrize("merge", ["max", "clip_sum"])
+def test_multimnist_merge_of_two_known_digits(merge):
+  images = np.zeros((10, 28, 28), np.uint8)
+  for (y, x), value in _DIGIT_3.items():
+    images[3, y, x] = value
+  for (y, x), value in _DIGIT_7.items():
+    images[7, y, x] = value
+  data = MultiMNIST(images, np.arange(10), seed=0, max_shift=0, merge=merge)
+  # The first counter whose partner of the 3 is the 7 (the only digit of its class).
+  batch = next(b for b in (data.pairs(np.array([3]), np.array([c])) for c in range(100))
+               if b["labels"][0, 1] == 7)
+  np.testing.assert_array_equal(batch["labels"], [[3, 7]])
+  expected = np.zeros((36, 36), np.float32)
+  for (y, x), value in _MERGED[merge].items():
+    expected[y, x] = value / 255
+  np.testing.assert_allclose(batch["image"][0, ..., 0], expected, rtol=0, atol=1e-6)
+  for k, digit in enumerate((_DIGIT_3, _DIGIT_7)):
+    component = np.zeros((36, 36), np.float32)
+    for (y, x), value in digit.items():
+      component[y + 4, x + 4] = value / 255
+    np.testing.assert_allclose(batch["components"][0, k, ..., 0], component, rtol=0, atol=1e-6)
 
 
 def test_multimnist_determinism_and_host_slices(split):
@@ -370,7 +472,8 @@ def test_shifted_mnist(split):
     assert matches
     seen.add(matches[0])
   assert len(seen) > 5
-  np.testing.assert_array_equal(data.batch(3, 40)["image"], ShiftedImages(*split, seed=0).batch(3, 40)["image"])
+  np.testing.assert_array_equal(data.batch(3, 40)["image"],
+                                ShiftedImages(*split, seed=0).batch(3, 40)["image"])
 
 
 def test_mnist_test_batches(split):
@@ -380,17 +483,6 @@ def test_mnist_test_batches(split):
   np.testing.assert_array_equal(batches[0]["labels"][:, 0], split[1][:64])
 
 
-def test_prefetch_order_and_errors():
-  assert [b["x"] for b in prefetch(lambda s: {"x": s}, range(5))] == list(range(5))
-
-  def boom(step):
-    if step == 2:
-      raise RuntimeError("bad step")
-    return {"x": step}
-  with pytest.raises(RuntimeError, match="bad step"):
-    list(prefetch(boom, range(5)))
-
-
 def test_bad_multimnist_arguments(split):
   with pytest.raises(ValueError, match="merge"):
     MultiMNIST(*split, seed=0, merge="mean")
@@ -398,6 +490,41 @@ def test_bad_multimnist_arguments(split):
     MultiMNIST(split[0].astype(np.float32), split[1], seed=0)
   with pytest.raises(ValueError, match="divisible"):
     MultiMNIST(*split, seed=0).batch(0, 33, process_count=2)
+
+
+def moved(image, dy, dx):
+  """`image` moved down by `dy` and right by `dx` rows/columns, zero filled (no wrap)."""
+  h, w = image.shape
+  out = np.zeros_like(image)
+  out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+      image[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+  return out
+
+
+def test_efficient_capsnet_shift_moves_each_digit_within_its_margins():
+  """Each image comes out moved by (dy, dx), zero filled, by no more than the empty margin
+  on that side (augment.py, step 2): nothing is lost or wraps round."""
+  from capsjax.data.augment import _shift
+  rng = np.random.default_rng(0)
+  n = 400
+  images = np.zeros((n, 28, 28), np.float32)
+  boxes = []
+  for i in range(n):  # an inked box with different margins on each side
+    h, w = rng.integers(3, 16, size=2)
+    top, left = rng.integers(0, 29 - h), rng.integers(0, 29 - w)
+    images[i, top:top + h, left:left + w] = rng.uniform(0.1, 1.0, (h, w))
+    boxes.append((top, left, h, w))
+  out = _shift(images, 0, np.arange(n, dtype=np.int64))
+  offsets = []
+  for i, (top, left, h, w) in enumerate(boxes):
+    rows, cols = np.flatnonzero(out[i].any(axis=1)), np.flatnonzero(out[i].any(axis=0))
+    dy, dx = rows[0] - top, cols[0] - left
+    np.testing.assert_array_equal(out[i], moved(images[i], dy, dx))
+    assert -top <= dy <= 28 - top - h and -left <= dx <= 28 - left - w, (i, dy, dx)
+    offsets.append((dy, dx))
+  dys, dxs = np.array(offsets).T
+  for d in (dys, dxs):  # it moves, both ways, by varied amounts
+    assert d.min() < 0 < d.max() and len(np.unique(d)) > 10
 
 
 # ----------------------------------------------------------------------------
@@ -448,23 +575,3 @@ def test_smallnorb_augmentation_crops_and_jitters_within_the_ranges():
     assert CONTRAST_RANGE[0] - 1e-2 <= contrast <= CONTRAST_RANGE[1] + 1e-2
   np.testing.assert_array_equal(crops, smallnorb_augment(small, seed=1, index=index))
   assert not np.array_equal(crops, smallnorb_augment(small, seed=2, index=index))
-
-
-def test_worker_processes_build_the_same_batches_in_order(monkeypatch):
-  monkeypatch.setitem(mnist_lib.SPLITS, "test", ("t10k", 10_000))
-  images, labels = load_mnist("test", source="bundled")
-  make = TrainBatches(MultiMNIST(images[:500], labels[:500], seed=3), 16)
-  chunks = [(0, 1), (1, 1), (2, 3), (5, 1), (6, 2)]
-  got = list(worker_prefetch(make, chunks, workers=2))
-  assert len(got) == len(chunks)
-  for (first, count), batch in zip(chunks, got):
-    want = make((first, count))
-    if count > 1:  # a block is the single batches stacked
-      for i in range(count):
-        np.testing.assert_array_equal(want["image"][i], make((first + i, 1))["image"])
-    assert batch.keys() == want.keys()
-    for key in want:
-      assert batch[key].dtype == want[key].dtype
-      np.testing.assert_array_equal(batch[key], want[key])
-  with pytest.raises(ValueError, match="workers must be >= 1"):
-    next(worker_prefetch(make, chunks, workers=0))

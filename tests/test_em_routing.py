@@ -176,12 +176,15 @@ def test_window_softmax_normalises_each_child_over_all_its_parents(size, kernel,
       expected[where] = np.exp(x[where]) / np.exp(x[where]).sum()
     np.testing.assert_allclose(np.asarray(r[b]).reshape(expected.shape), expected, rtol=1e-5)
   # The official normalisation: over the covering positions, per parent type.
+  # Every child of both images, edge children (read by one window) included.
   r = window_softmax(logits, (size, size), kernel, stride, per_parent_type=True)
-  x = np.asarray(logits[0], np.float64).reshape(out * out, -1, n_out)
-  child = children[0, 0]
-  where = children == child
-  np.testing.assert_allclose(np.asarray(r[0]).reshape(x.shape)[where],
-                             np.exp(x[where]) / np.exp(x[where]).sum(0), rtol=1e-5)
+  for b in range(2):
+    x = np.asarray(logits[b], np.float64).reshape(out * out, -1, n_out)
+    expected = np.zeros_like(x)
+    for child in np.unique(children):
+      where = children == child
+      expected[where] = np.exp(x[where]) / np.exp(x[where]).sum(0)
+    np.testing.assert_allclose(np.asarray(r[b]).reshape(expected.shape), expected, rtol=1e-5)
 
 
 def test_conv_matrix_caps_matches_a_dense_numpy_reference():

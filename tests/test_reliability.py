@@ -3,6 +3,7 @@ files never cost a run. The small runs here use the toy model of toys.py, which
 compiles in about a second."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,22 +63,51 @@ def test_nan_gradients_with_a_finite_loss_stop_before_saving(tmp_path, toys, reg
   import dataclasses
   registered(MODELS, "toy_nan_grad", dataclasses.replace(TOY_BN, loss=nan_gradient_loss))
   config = TrainConfig(**{**TOY, "model": "toy_nan_grad"}, steps=4, workdir=str(tmp_path))
-  with pytest.raises(NonFiniteLossError, match=r"grad_norm is nan at step 1; stopped, no "
-                     "checkpoint was saved"):
+  with pytest.raises(NonFiniteLossError, match=r"^grad_norm is nan; the parameters are not "
+                     r"finite at step 1; stopped, no checkpoint was saved\. Lower --lr\.$"):
     train_and_evaluate(config)
   assert Checkpointer(tmp_path / "checkpoints").latest_step() is None
 
 
-def test_a_checkpoint_is_good_only_if_its_parameters_are_finite(tmp_path, toys):
-  # lr 1e30: the first update overflows the parameters while its loss (from
-  # the initial ones) is finite.
-  with pytest.raises(NonFiniteLossError, match=r"at step (\d+)") as info:
-    train_and_evaluate(TrainConfig(**TOY, steps=20, lr=1e30, workdir=str(tmp_path)))
-  good = Checkpointer(tmp_path / "checkpoints").latest_step()
-  if good is not None:
-    assert f"last good checkpoint (step {good})" in str(info.value)
-    state = restored(tmp_path)
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+def _resume_from_a_corrupted_state(tmp_path, corrupt, **overrides):
+  """Trains 1 step, replaces checkpoint 1 by ``corrupt(state)``, then resumes
+  for 2 more steps; returns the NonFiniteLossError's message."""
+  config = TrainConfig(**{**TOY, **overrides}, steps=1, workdir=str(tmp_path))
+  train_and_evaluate(config)
+  state = corrupt(restored(tmp_path))
+  shutil.rmtree(tmp_path / "checkpoints")
+  checkpoints = Checkpointer(tmp_path / "checkpoints")
+  checkpoints.save(1, state)
+  checkpoints.close()
+  with pytest.raises(NonFiniteLossError) as info:
+    train_and_evaluate(config.replace(steps=3))
+  assert Checkpointer(tmp_path / "checkpoints").all_steps() == [1]  # nothing bad saved
+  return str(info.value)
+
+
+def test_parameters_that_overflow_with_a_finite_loss_stop_before_saving(tmp_path, toys):
+  # Adam's first moment set to inf: the loss and gradients of step 2 are
+  # finite (they use the old parameters), its update makes parameters inf.
+  def corrupt(state):
+    mu = state.opt_state[0].mu
+    mu["caps"]["bias"] = mu["caps"]["bias"].at[0].set(np.inf)
+    return state
+  message = _resume_from_a_corrupted_state(tmp_path, corrupt)
+  assert message == (f"the parameters are not finite at step 2; stopped, the last good "
+                     f"checkpoint (step 1) is kept in {tmp_path / 'checkpoints'}. Lower --lr.")
+
+
+def test_model_state_that_overflows_stops_before_saving_and_advice_fits_bf16(tmp_path, toys):
+  # BatchNorm's running mean set to inf: training uses the batch's statistics,
+  # so loss, gradients and parameters stay finite; the new running mean does not.
+  def corrupt(state):
+    stats = state.model_state["batch_stats"]["bn"]
+    stats["mean"] = stats["mean"].at[3].set(np.inf)
+    return state
+  message = _resume_from_a_corrupted_state(tmp_path, corrupt, precision="bf16")
+  assert message.startswith("the model state (e.g. BatchNorm statistics) is not finite at "
+                            "step 2; stopped, the last good checkpoint (step 1)")
+  assert message.endswith("Lower --lr, or use --precision fp32.")
 
 
 # ----------------------------------------------------------------------------
@@ -116,6 +146,45 @@ def test_signal_during_the_last_step_still_finishes_the_run(tmp_path, toys, monk
   summary = train_and_evaluate(TrainConfig(**TOY, steps=3, workdir=str(tmp_path)))
   assert "interrupted" not in summary and summary["step"] == 3
   assert (tmp_path / "curves.png").exists()
+
+
+# ----------------------------------------------------------------------------
+# Evaluation records survive a kill at any moment.
+
+class Killed(BaseException):
+  """Stands for SIGKILL: nothing after it runs."""
+
+
+def test_a_kill_during_the_final_evaluation_loses_nothing(tmp_path, toys, monkeypatch):
+  config = TrainConfig(**TOY, steps=3, workdir=str(tmp_path))
+  evaluate = loop.evaluate
+
+  def killed_at_step_3(eval_step, variables, test, mesh, batch_size):
+    raise Killed()
+
+  monkeypatch.setattr(loop, "evaluate", killed_at_step_3)
+  with pytest.raises(Killed):
+    train_and_evaluate(config)
+  # The evaluation comes before the checkpoint of its step: both are redone.
+  assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2
+  monkeypatch.setattr(loop, "evaluate", evaluate)
+  summary = train_and_evaluate(config)
+  tests = [r for r in records(tmp_path) if r["split"] == "test"]
+  assert [r["step"] for r in tests] == [3]
+  assert tests[0]["accuracy"] == summary["accuracy"]
+
+
+def test_a_finished_run_missing_its_last_evaluation_record_writes_it_once(tmp_path, toys):
+  config = TrainConfig(**TOY, steps=2, workdir=str(tmp_path))
+  train_and_evaluate(config)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines(keepends=True)
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(line for line in lines if '"split": "test"' not in line))
+  for _ in range(2):  # the first rerun writes it, the second finds it
+    summary = train_and_evaluate(config)
+    tests = [r for r in records(tmp_path) if r["split"] == "test"]
+    assert [r["step"] for r in tests] == [2]
+    assert tests[0]["accuracy"] == summary["accuracy"]
 
 
 # ----------------------------------------------------------------------------
@@ -219,6 +288,15 @@ BAD_FLAGS = [
     (["--steps", "-3", "--epochs", "-1"], "give --steps > 0 or --epochs > 0"),
     (["--lr", "0"], "--lr must be > 0"),
     (["--lr", "fast"], "argument --lr: invalid float value"),
+    (["--lr", "1e-7"], "--lr 1e-07 is below --lr_min 1e-06, the floor of the decayed rate"),
+    (["--lr", "inf"], "--lr inf: give a finite number"),
+    (["--epochs", "inf"], "--epochs inf: give a finite number"),
+    (["--epochs", "1e30"], "steps, more than the step counter holds (2,147,483,647)"),
+    (["--steps", "3000000000"], "the run would take 3,000,000,000 steps, more than the step "
+     "counter holds (2,147,483,647); lower --epochs or --steps"),
+    (["--seed", "-1"], "--seed must be in 0 .. 2**32 - 1 (got -1)"),
+    (["--seed", "4294967296"], "--seed must be in 0 .. 2**32 - 1 (got 4294967296)"),
+    (["--distributed", "true"], "--distributed true: jax.distributed.initialize() failed ("),
     (["--lr_min", "-1"], "--lr_min >= 0"),
     (["--lr_decay_rate", "0"], "--lr_decay_rate must be in (0, 1]"),
     (["--lr_decay_rate", "1.5"], "--lr_decay_rate must be in (0, 1]"),
@@ -301,7 +379,8 @@ RUN_SCRIPT = textwrap.dedent("""
           threading.Timer(0.005, os.kill, (os.getpid(), 9)).start()
         save(self, step, state)
       checkpoint.Checkpointer.save = save_and_die
-    cli.run(lambda: train_script(sys.argv[1:]))
+    if __name__ == "__main__":  # not in the spawned data workers
+      cli.run(lambda: train_script(sys.argv[1:]))
 """)
 
 
@@ -424,3 +503,106 @@ def test_two_processes_train_bitwise_as_one(tmp_path, toys):
   assert (tmp_path / "two" / "curves.png").exists()
   assert "summary" in outs[0][0] and "summary" in outs[1][0]
   assert "step/s" in outs[0][1] and "step/s" not in outs[1][1]  # one progress bar
+
+
+# ----------------------------------------------------------------------------
+# Ctrl-C and SIGTERM to the whole process group of a run with data workers:
+# saved and exited within 10 s, nothing left behind; a dying worker stops the
+# run with one line. (SIGINT to a group is what a terminal's Ctrl-C sends;
+# SIGTERM to a group is what SLURM sends.)
+
+def _start_worker_run(tmp_path, workdir, steps, checkpoint_every=1000):
+  script = tmp_path / "run.py"
+  script.write_text(RUN_SCRIPT.format(tests=str(ROOT / "tests")))
+  argv = ["--model", "toy_bn", "--dataset", "toy", "--batch_size", "16", "--steps", str(steps),
+          "--eval_every", "0", "--log_every", "1", "--checkpoint_every",
+          str(checkpoint_every), "--eval_batch_size", "16", "--data_workers", "2",
+          "--workdir", str(workdir)]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             CAPSJAX_CACHE_DIR=str(tmp_path / "cache"))
+  return subprocess.Popen([sys.executable, str(script), *argv], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_steps(proc, workdir, n, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if (workdir / "metrics.jsonl").exists() and len(records_lenient(workdir)) >= n:
+      return
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError(f"the run did not log {n} steps: {proc.communicate()}")
+
+
+def _group_gone(pgid, timeout=5.0) -> bool:
+  """Whether every process of the group has exited (Python's resource tracker
+  exits after the run and is reaped by init: allow it a moment)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    try:
+      os.killpg(pgid, 0)
+    except ProcessLookupError:
+      return True
+    time.sleep(0.1)
+  return False
+
+
+def _shm():
+  return set(os.listdir("/dev/shm"))
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_to_the_process_group_save_and_exit_with_workers(tmp_path, toys):
+  workdir = tmp_path / "run"
+  before = _shm()
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    proc = _start_worker_run(tmp_path, workdir, steps=10 ** 6)
+    done = len(records_lenient(workdir)) if (workdir / "metrics.jsonl").exists() else 0
+    _wait_for_steps(proc, workdir, done + 5)
+    os.killpg(proc.pid, sig)
+    signalled = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert time.time() - signalled < 10, err
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {sig.name}" in out, out
+    assert "Traceback" not in err, err
+    assert _group_gone(proc.pid)
+    assert _shm() <= before
+    saved = Checkpointer(workdir / "checkpoints").latest_step()
+    assert saved is not None and saved >= done + 5
+  # The same command, resumed to a finish at the next steps.
+  proc = _start_worker_run(tmp_path, workdir, steps=saved + 3)
+  out, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err
+  assert int(restored(workdir).step) == saved + 3
+  train_steps = [r["step"] for r in records(workdir) if r["split"] == "train"]
+  assert train_steps == list(range(1, saved + 4))
+  assert _shm() <= before
+
+
+@pytest.mark.slow
+def test_a_data_worker_that_dies_stops_the_run_with_one_line(tmp_path, toys):
+  workdir = tmp_path / "run"
+  before = _shm()
+  proc = _start_worker_run(tmp_path, workdir, steps=10 ** 6, checkpoint_every=2)
+  _wait_for_steps(proc, workdir, 5)
+  children = [int(pid) for task in os.listdir(f"/proc/{proc.pid}/task")
+              for pid in open(f"/proc/{proc.pid}/task/{task}/children").read().split()]
+  workers = [pid for pid in children if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+  assert len(workers) == 2
+  os.kill(workers[0], signal.SIGKILL)
+  killed = time.time()
+  out, err = proc.communicate(timeout=60)
+  assert time.time() - killed < 10, err
+  assert proc.returncode == 2, err
+  lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1, err
+  assert re.fullmatch(r"error: a data worker process died \(Worker process was terminated "
+                      r"unexpectedly with exit code -9\); stopped, the last good checkpoint "
+                      r"\(step (\d+)\) is kept in .*\. Rerun the same command to resume\.",
+                      lines[0]), lines[0]
+  good = int(re.search(r"\(step (\d+)\)", lines[0]).group(1))
+  assert good >= 4 and Checkpointer(workdir / "checkpoints").latest_step() == good
+  assert "Traceback" not in err
+  assert _group_gone(proc.pid)
+  assert _shm() <= before

@@ -113,6 +113,34 @@ def test_block_of_steps_equals_single_steps(tmp_path):
     make_train_step(model, tx, mesh, config, steps_per_call=0)
 
 
+def test_block_of_steps_carries_batchnorm_statistics_as_single_steps(tmp_path, registered):
+  # The toy BatchNorm model of toys.py: its running statistics go through the
+  # scan's carry and the pmean over 8 devices as through 3 single steps.
+  from capsjax.data import DATASETS
+  from capsjax.models import MODELS
+  from toys import TOY_BN, toy_dataset
+  registered(MODELS, "toy_bn", TOY_BN)
+  registered(DATASETS, "toy", toy_dataset())
+  config = TrainConfig(model="toy_bn", dataset="toy", batch_size=16, workdir=str(tmp_path))
+  model, tx = make_model(config), make_optimizer(config)
+  mesh = make_mesh()
+  train, _ = config.data.build(config)
+  batches = [train.batch(i, 16) for i in range(3)]
+  state = init_state(model, tx, (24, 24, 3), seed=0)
+  single = make_train_step(model, tx, mesh, config)
+  for batch in batches:
+    state, _ = single(state, shard_batch(batch, mesh))
+  block = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+  block_state, _ = make_train_step(model, tx, mesh, config, steps_per_call=3)(
+      init_state(model, tx, (24, 24, 3), seed=0), shard_batch(block, mesh, block=True))
+  init = init_state(model, tx, (24, 24, 3), seed=0)
+  assert not np.allclose(state.model_state["batch_stats"]["bn"]["mean"],
+                         init.model_state["batch_stats"]["bn"]["mean"])
+  for a, b in zip(jax.tree.leaves((block_state.params, block_state.model_state)),
+                  jax.tree.leaves((state.params, state.model_state))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_run_with_blocks_of_steps_equals_plain_run(tmp_path):
   # 5 steps with --steps_per_call 2 and a worker process building the batches:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_nhwc", "place", "to_float", "classification_batch"]
+__all__ = ["as_nhwc", "place", "to_float", "classification_batch", "labelled_batch"]
 
 
 def as_nhwc(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +52,14 @@ def to_float(x: np.ndarray) -> np.ndarray:
 def classification_batch(images: np.ndarray, labels: np.ndarray,
                          num_classes: int) -> dict[str, np.ndarray]:
   """One label per example: uint8 ``(B, H, W, C)`` and ``(B,)`` -> the batch layout."""
-  image = to_float(images)
+  return labelled_batch(to_float(images), labels, num_classes)
+
+
+def labelled_batch(image: np.ndarray, labels: np.ndarray,
+                   num_classes: int) -> dict[str, np.ndarray]:
+  """One label per example: float ``(B, H, W, C)`` in [0, 1] and ``(B,)`` -> the
+  batch layout; the image is its own reconstruction target."""
+  image = np.asarray(image, np.float32)
   labels = labels.astype(np.int32)
   return {
       "image": image,

@@ -8,6 +8,10 @@ TensorFlow:
   tfds' registered checksums) and they are parsed with the IDX reader here,
   because *preparing* the TFDS dataset would import TensorFlow;
 * offline, MNIST comes from the copy bundled in the package.
+
+Whatever the source, a split comes in one canonical order
+(:mod:`capsjax.data.canonical`), so the same config and seed give the same
+batches on every machine.
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ import urllib.request
 
 import numpy as np
 
+from capsjax.data.canonical import canonical_order
 from capsjax.data.errors import DataError, MnistFileError
+from capsjax.data.tfds_images import load_tfds_split
 
 __all__ = ["load_mnist", "load_idx_dataset", "read_idx", "IDX_DATASETS", "SOURCES",
            "BUNDLED_DIR"]
@@ -147,21 +153,12 @@ def _verify_bundled(directory: pathlib.Path) -> None:
 def _tfds_prepared(name: str, split: str,
                    data_dir: str | None) -> tuple[np.ndarray, np.ndarray] | None:
   """Reads a prepared TFDS dataset with ``tfds.data_source``; None if not prepared."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:  # noqa: BLE001 - tfds raises several types for "not prepared"
+    images, labels = load_tfds_split(name, split, data_dir)
+  except DataError as e:
     log.debug("tfds data_source unavailable: %s", e)
     return None
-  n = len(source)
-  images = np.empty((n, 28, 28), np.uint8)
-  labels = np.empty((n,), np.int32)
-  for i in range(n):  # one element at a time: batched __getitems__ is broken in mocks
-    example = source[i]
-    images[i] = np.asarray(example["image"]).reshape(28, 28)
-    labels[i] = int(example["label"])
-  return images, labels
+  return images.reshape(-1, 28, 28), labels
 
 
 def _online(url: str = TFDS_MNIST_URL, timeout: float = 3.0) -> bool:
@@ -237,7 +234,9 @@ def load_idx_dataset(
     tfds_data_dir: TFDS data dir (default: tfds' own default).
 
   Returns:
-    ``(images uint8 (N, 28, 28), labels int32 (N,))``.
+    ``(images uint8 (N, 28, 28), labels int32 (N,))``, in the canonical order
+    of :func:`capsjax.data.canonical.canonical_order` whatever the source
+    (tfds stores its copies shuffled; :func:`read_idx` keeps the file order).
   """
   if name not in IDX_DATASETS:
     raise ValueError(f"name must be one of {sorted(IDX_DATASETS)}, got {name!r}.")
@@ -245,7 +244,15 @@ def load_idx_dataset(
     raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
   if source not in SOURCES:
     raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
-  dataset = IDX_DATASETS[name]
+  return canonical_order(*_load_split(IDX_DATASETS[name], split, source, directory,
+                                      tfds_data_dir))
+
+
+def _load_split(dataset: IdxDataset, split: str, source: str,
+                directory: str | os.PathLike | None,
+                tfds_data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """:func:`load_idx_dataset` in the source's own order."""
+  name = dataset.name
   if source == "idx" or (source == "auto" and directory is not None):
     if directory is None:
       raise ValueError("source='idx' needs the directory of the four IDX files (mnist_dir).")
@@ -262,8 +269,7 @@ def load_idx_dataset(
     return _load_idx_split(dataset.bundled, split)
 
   prepared = _tfds_prepared(name, split, tfds_data_dir)
-  if prepared is not None:
-    log.info("%s %s: prepared tensorflow-datasets '%s'", name, split, name)
+  if prepared is not None:  # load_tfds_split logged it
     return prepared
   if _online(dataset.url):
     idx_dir = _tfds_download(

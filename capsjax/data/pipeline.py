@@ -1,16 +1,20 @@
-"""Feeding batches: prefetching (a thread or worker processes), blocks of
-batches, padding the last test batch, a process's rows."""
+"""Feeding batches: grain builds them ahead (a thread or worker processes);
+blocks of batches, padding the last test batch, a process's rows."""
 from __future__ import annotations
 
-import collections
-import multiprocessing
-import queue
+import contextlib
+import gc
+import os
+import signal
 import threading
-from typing import Any, Callable, Iterable, Iterator
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["prefetch", "worker_prefetch", "TrainBatches", "padded", "local_rows"]
+from capsjax.data import slot_ring
+
+__all__ = ["batch_stream", "Chunks", "DataWorkerError", "TrainBatches", "padded", "local_rows"]
 
 
 class TrainBatches:
@@ -38,133 +42,164 @@ class TrainBatches:
     return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
 
-def prefetch(make_batch: Callable[[int], dict], steps: Iterable[int],
-             size: int = 2) -> Iterator[dict]:
-  """Yields ``make_batch(step)`` for ``steps``, built ahead in a background thread.
+class Chunks:
+  """The ``(first step, count)`` device calls of steps ``start .. total - 1``, as a
+  sequence: blocks of ``k`` steps from the multiples of ``k`` (so every log,
+  checkpoint and evaluation falls on a block's end), single steps before the
+  first and after the last whole block. Plain data, for grain's workers."""
 
-  NumPy releases the GIL in its heavy loops, so batch building overlaps the
-  accelerator's work. Exceptions in the thread are re-raised in the consumer.
+  def __init__(self, start: int, total: int, k: int = 1):
+    self.start, self.total, self.k = start, total, k
+    self.blocks_from = min(-(-start // k) * k, total)      # first multiple of k
+    self.blocks_to = max(total // k * k, self.blocks_from)  # end of the last whole block
+    self.num_blocks = (self.blocks_to - self.blocks_from) // k
+
+  def __len__(self) -> int:
+    return (self.blocks_from - self.start) + self.num_blocks + (self.total - self.blocks_to)
+
+  def __getitem__(self, i: int) -> tuple[int, int]:
+    if not 0 <= i < len(self):
+      raise IndexError(i)
+    before = self.blocks_from - self.start
+    if i < before:
+      return self.start + i, 1
+    if i < before + self.num_blocks:
+      return self.blocks_from + (i - before) * self.k, self.k
+    return self.blocks_to + (i - before - self.num_blocks), 1
+
+
+class DataWorkerError(RuntimeError):
+  """A data worker process died; the message names the failure."""
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _quiet_worker(index: int, count: int) -> None:
+  """Runs first in each worker process: the parent alone answers SIGINT and
+  SIGTERM (a Ctrl-C reaches the whole process group) and stops the workers;
+  a worker whose parent is gone (killed outright) exits."""
+  del index, count
+  for sig in _STOP_SIGNALS:
+    signal.signal(sig, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked since its start
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)
+
+  threading.Thread(target=watch, daemon=True, name="capsjax-parent-watch").start()
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+  """SIGINT and SIGTERM held back in this thread (and the threads and processes
+  it starts, which inherit the mask) until the end, then delivered."""
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def batch_stream(make_batch: Callable[[Any], dict], items: Sequence, workers: int = 0,
+                 ahead: int = 2, slot_bytes: int = 0) -> Iterator[dict]:
+  """``make_batch(item)`` for ``items`` in order, built ahead by grain.
+
+  A :class:`grain.MapDataset` over ``items`` (a sequence: a list, or
+  :class:`Chunks`): with ``workers = 0`` one background thread builds
+  ``ahead`` batches in advance (NumPy releases the GIL in its heavy loops, so
+  this overlaps the device's work); with ``workers = N`` grain's
+  ``mp_prefetch`` builds them in N spawned processes (worker ``i`` builds items
+  ``i, i + N, ...``, ``ahead`` each in flight), which write them into the
+  reused shared-memory slots of a :class:`~capsjax.data.slot_ring.SlotRing`
+  of ``slot_bytes`` each (default: the size of the first batch; a larger
+  batch goes through grain's own shared memory, slower). capsjax's generators
+  are pure functions of the step, so the batches are the same either way.
+  ``make_batch`` must be picklable for workers (e.g. a :class:`TrainBatches`);
+  each yielded batch is a copy the caller owns. A worker that dies raises
+  :class:`DataWorkerError`.
+
+  Close the iterator (``contextlib.closing``) to stop the thread or processes:
+  the workers ignore SIGINT and SIGTERM and are stopped by that close, so a
+  Ctrl-C sent to the whole process group reaches the training loop alone, and
+  leaves no process and no shared memory behind.
   """
-  buffer: queue.Queue = queue.Queue(maxsize=size)
-  stop = threading.Event()
-  done = object()
+  import grain  # pylint: disable=import-outside-toplevel  # imports JAX: only when feeding
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside an absl app, the defaults
+    flags.FLAGS.mark_as_parsed()
+  if workers < 0 or ahead < 1:
+    raise ValueError(f"need workers >= 0 and ahead >= 1, got {workers}, {ahead}.")
+  if workers == 0:
+    ring = None
+    stream = grain.MapDataset.source(items).map(make_batch).to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=ahead))
+  else:
+    if not slot_bytes and len(items):
+      slot_bytes = slot_ring.nbytes(slot_ring.layout(make_batch(items[0])))
+    # Per worker: ahead batches in grain's queue, one being written.
+    ring = slot_ring.SlotRing.create(workers * (ahead + 1), max(slot_bytes, 1))
+    stream = (grain.MapDataset.source(items).map_with_index(ring.writer(make_batch))
+              .to_iter_dataset(grain.ReadOptions(num_threads=0))
+              .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                        per_worker_buffer_size=ahead),
+                           worker_init_fn=_quiet_worker))
+  received = 0
 
-  def worker():
+  def receive():
+    nonlocal received
     try:
-      for step in steps:
-        if stop.is_set():
-          return
-        buffer.put(make_batch(step))
-      buffer.put(done)
-    except BaseException as e:  # noqa: BLE001 - handed to the consumer
-      buffer.put(e)
-
-  thread = threading.Thread(target=worker, daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = buffer.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-
-
-_worker: dict = {}
-
-
-def _init_worker(make, slot_names) -> None:
-  from multiprocessing import shared_memory  # pylint: disable=import-outside-toplevel
-  _worker["make"] = make
-  _worker["slots"] = [shared_memory.SharedMemory(name=name) for name in slot_names]
-
-
-def _layout(batch: dict) -> list:
-  return [(key, np.shape(v), np.asarray(v).dtype) for key, v in batch.items()]
-
-
-def _nbytes(layout) -> int:
-  return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in layout)
-
-
-def _slot_arrays(buffer, layout) -> dict[str, np.ndarray]:
-  arrays, offset = {}, 0
-  for key, shape, dtype in layout:
-    array = np.ndarray(shape, dtype, buffer=buffer, offset=offset)
-    arrays[key] = array
-    offset += array.nbytes
-  return arrays
-
-
-def _run_worker(item, slot: int):
-  """Writes the batch into shared-memory ``slot`` and returns its layout; a batch
-  too large for the slot comes back pickled instead."""
-  batch = _worker["make"](item)
-  layout = _layout(batch)
-  buffer = _worker["slots"][slot].buf
-  if _nbytes(layout) > len(buffer):
+      batch = next(iterator)
+    except StopIteration:
+      return None
+    except RuntimeError as e:
+      if "Worker process was terminated" not in str(e):
+        raise
+      raise DataWorkerError(f"a data worker process died ({str(e).split('.')[0]})") from e
+    if ring is not None:
+      batch = ring.read(batch, received)
+    received += 1
     return batch
-  for key, out in _slot_arrays(buffer, layout).items():
-    out[...] = batch[key]
-  return layout
 
-
-def worker_prefetch(make_batch: Callable[[Any], dict], items: Iterable, workers: int,
-                    ahead: int = 2, slot_bytes: int = 0) -> Iterator[dict]:
-  """Yields ``make_batch(item)`` for ``items`` in order, built by ``workers`` processes.
-
-  For generators that are pure functions of the step (all of capsjax's): the
-  batches equal those of :func:`prefetch`, but the host's work scales over
-  cores. ``make_batch`` must be picklable (e.g. a :class:`TrainBatches`).
-  Workers are spawned (never forked: the parent runs JAX's threads) and write
-  into shared-memory slots of ``slot_bytes`` (default: the size of the first
-  batch, which is built here), ``ahead`` batches each in flight; a larger batch
-  comes back pickled, slower. Each yielded batch is a copy the caller owns.
-  """
-  from multiprocessing import shared_memory  # pylint: disable=import-outside-toplevel
-  if workers < 1:
-    raise ValueError(f"workers must be >= 1, got {workers}.")
-  items = iter(items)
-  end = object()
-  first = next(items, end)
-  if first is end:
-    return
-  batch = make_batch(first)
-  size = max(slot_bytes or _nbytes(_layout(batch)), 1)
-  slots = [shared_memory.SharedMemory(create=True, size=size) for _ in range(workers * ahead)]
-  context = multiprocessing.get_context("spawn")
+  # The workers start with the first batch; they inherit the blocked signals,
+  # so none dies of a Ctrl-C before it has set SIGINT and SIGTERM to ignored.
+  blocked = _stop_signals_blocked if workers else contextlib.nullcontext
   try:
-    with context.Pool(workers, initializer=_init_worker,
-                      initargs=(make_batch, [m.name for m in slots])) as pool:
-      pending: collections.deque = collections.deque()
-      free = collections.deque(range(len(slots)))
-
-      def submit():
-        item = next(items, end)
-        if item is not end:
-          slot = free.popleft()
-          pending.append((slot, pool.apply_async(_run_worker, (item, slot))))
-
-      for _ in range(len(slots)):
-        submit()
-      yield batch
-      while pending:
-        slot, result = pending.popleft()
-        layout = result.get()
-        if isinstance(layout, dict):  # did not fit the slot
-          batch = layout
-        else:
-          batch = {k: v.copy() for k, v in _slot_arrays(slots[slot].buf, layout).items()}
-        free.append(slot)
-        submit()  # the slot goes straight back to work
+    with blocked():
+      iterator = iter(stream)
+    try:
+      with blocked():
+        batch = receive()
+      while batch is not None:
         yield batch
+        batch = receive()
+    finally:
+      if ring is not None:
+        ring.close()  # writers waiting for a slot return
+      iterator.close()
   finally:
-    for m in slots:
-      m.close()
-      m.unlink()
+    if ring is not None:
+      _flush_shared_memory()
+      ring.unlink()
+
+
+def _flush_shared_memory() -> None:
+  """Waits until grain has unlinked the shared memory of every batch received.
+
+  grain frees it from a one-thread pool, whose pending work is dropped at
+  interpreter exit; a task queued behind the frees returns once they are done.
+  """
+  gc.collect()  # the received arrays still held by reference cycles
+  try:
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray  # pylint: disable=import-outside-toplevel
+    pool = SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access
+  except (ImportError, AttributeError):  # another grain: its own cleanup applies
+    return
+  if pool is not None:
+    pool.apply(int)
 
 
 def padded(batches: Iterable[dict], batch_size: int) -> Iterator[dict]:

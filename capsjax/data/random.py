@@ -7,10 +7,10 @@ import functools
 
 import numpy as np
 
-__all__ = ["randint", "uniform", "normal", "epoch_order", "global_indices"]
+__all__ = ["randint", "uniform", "normal", "epoch_order", "global_indices", "mix64"]
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
   """splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
   with np.errstate(over="ignore"):
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -21,9 +21,9 @@ def _mix(x: np.ndarray) -> np.ndarray:
 def _hash(seed: int, index: np.ndarray, stream: int) -> np.ndarray:
   """Independent uint64 random words for each ``index`` in ``stream``."""
   mask = 0xFFFFFFFFFFFFFFFF
-  key = _mix(np.uint64((seed + 0x9E3779B97F4A7C15 * (stream + 1)) & mask))
+  key = mix64(np.uint64((seed + 0x9E3779B97F4A7C15 * (stream + 1)) & mask))
   with np.errstate(over="ignore"):
-    return _mix(index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ key)
+    return mix64(index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ key)
 
 
 def randint(seed: int, index: np.ndarray, stream: int, n: int | np.ndarray) -> np.ndarray:

@@ -15,10 +15,11 @@ import dataclasses
 from typing import Any, Callable
 
 from capsjax.data.augment import efficient_capsnet_augment
+from capsjax.data.classification_test import ClassificationTest
 from capsjax.data.errors import DataError
 from capsjax.data.mnist import load_idx_dataset
 from capsjax.data.multimnist import MultiMNIST
-from capsjax.data.shifted import AugmentedImages, ClassificationTest, ShiftedImages
+from capsjax.data.shifted import AugmentedImages, ShiftedImages
 from capsjax.data.smallnorb import centre_crop, load_smallnorb, smallnorb_augment
 from capsjax.data.tfds_images import load_tfds_split, tfds_info
 from capsjax.registry import Registry

@@ -1,17 +1,53 @@
-"""Single-label image datasets: shifted or augmented training examples, the fixed test split."""
+"""Single-label training splits: the paper's shifted examples, or any augmentation."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from capsjax.data.images import as_nhwc, classification_batch, place, to_float
+from capsjax.data.images import as_nhwc, labelled_batch, place, to_float
 from capsjax.data.random import epoch_order, global_indices, randint
 
-__all__ = ["ShiftedImages", "AugmentedImages", "ClassificationTest"]
+__all__ = ["TrainingImages", "ShiftedImages", "AugmentedImages"]
 
 
-class ShiftedImages:
+class TrainingImages:
+  """A single-label training split visited in a seeded order, once per epoch;
+  each example goes through :meth:`transform`, a pure function of
+  ``(seed, stream index)``, and is its own reconstruction target.
+
+  Args:
+    images: uint8 ``(N, H, W)`` or ``(N, H, W, C)``.
+    labels: int ``(N,)`` in ``[0, num_classes)``.
+    seed: the randomness of order and transform.
+    num_classes: the number of classes (the width of ``multi_hot``).
+  """
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, seed: int,
+               num_classes: int = 10):
+    self.images, self.labels = as_nhwc(images, labels)
+    self.seed = int(seed)
+    self.num_classes = num_classes
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def transform(self, images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """uint8 ``(B, H', W', C)`` at stream indices ``index`` -> float ``(B, H, W, C)``
+    in [0, 1]; the identity (scaled to [0, 1]) here."""
+    del index
+    return to_float(images)
+
+  def batch(self, step: int, batch_size: int, *, process_index: int = 0,
+            process_count: int = 1) -> dict[str, np.ndarray]:
+    """Training batch ``step`` (global size ``batch_size``), or this process's rows."""
+    index = global_indices(step, batch_size, process_index, process_count)
+    chosen = epoch_order(self.seed, len(self), index)
+    image = self.transform(self.images[chosen], index)
+    return labelled_batch(image, self.labels[chosen], self.num_classes)
+
+
+class ShiftedImages(TrainingImages):
   """A training split with the paper's augmentation: shifts of up to ``max_shift``
   px in each direction, zero padded (2 px for MNIST).
 
@@ -25,31 +61,22 @@ class ShiftedImages:
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, seed: int,
                max_shift: int = 2, num_classes: int = 10):
-    self.images, self.labels = as_nhwc(images, labels)
-    self.seed = int(seed)
+    super().__init__(images, labels, seed=seed, num_classes=num_classes)
     self.max_shift = max_shift
-    self.num_classes = num_classes
 
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def batch(self, step: int, batch_size: int, *, process_index: int = 0,
-            process_count: int = 1) -> dict[str, np.ndarray]:
-    """Training batch ``step`` (global size ``batch_size``), or this process's rows."""
-    index = global_indices(step, batch_size, process_index, process_count)
-    chosen = epoch_order(self.seed, len(self), index)
+  def transform(self, images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Each image moved by ``(dy, dx)``, each uniform in ``[-max_shift, max_shift]``."""
     m = self.max_shift
     span = 2 * m + 1
     dy, dx = (randint(self.seed, index, k, span) for k in (0, 1))
     # Paste at offset (dy, dx) on a canvas padded by m, crop the centre:
     # the image moves by (dy - m, dx - m), zeros fill in.
-    h, w = self.images.shape[1:3]
-    padded = place(self.images[chosen], dy, dx, h + 2 * m, w + 2 * m)
-    image = padded[:, m:m + h, m:m + w]
-    return classification_batch(image, self.labels[chosen], self.num_classes)
+    h, w = images.shape[1:3]
+    padded = place(images, dy, dx, h + 2 * m, w + 2 * m)
+    return to_float(padded[:, m:m + h, m:m + w])
 
 
-class AugmentedImages:
+class AugmentedImages(TrainingImages):
   """A grey training split through an augmentation ``augment(images, seed, index)``
   of float ``(N, H, W)`` images in [0, 1] (e.g.
   :func:`capsjax.data.augment.efficient_capsnet_augment`); the reconstruction
@@ -58,40 +85,11 @@ class AugmentedImages:
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, seed: int,
                augment: Callable[[np.ndarray, int, np.ndarray], np.ndarray],
                num_classes: int = 10):
-    self.images, self.labels = as_nhwc(images, labels)
+    super().__init__(images, labels, seed=seed, num_classes=num_classes)
     if self.images.shape[-1] != 1:
       raise ValueError(f"AugmentedImages takes grey images; got {self.images.shape[1:]}.")
-    self.seed = int(seed)
     self.augment = augment
-    self.num_classes = num_classes
 
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def batch(self, step: int, batch_size: int, *, process_index: int = 0,
-            process_count: int = 1) -> dict[str, np.ndarray]:
-    """Training batch ``step`` (global size ``batch_size``), or this process's rows."""
-    index = global_indices(step, batch_size, process_index, process_count)
-    chosen = epoch_order(self.seed, len(self), index)
-    image = self.augment(to_float(self.images[chosen, ..., 0]), self.seed, index)[..., None]
-    labels = self.labels[chosen].astype(np.int32)
-    return {"image": image.astype(np.float32), "labels": labels[:, None],
-            "multi_hot": np.eye(self.num_classes, dtype=np.float32)[labels],
-            "components": image[:, None].astype(np.float32)}
-
-
-class ClassificationTest:
-  """A test split, unshifted, in order."""
-
-  def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int = 10):
-    self.images, self.labels = as_nhwc(images, labels)
-    self.num_classes = num_classes
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """All examples in order; the last batch may be short."""
-    for start in range(0, len(self), batch_size):
-      sl = slice(start, start + batch_size)
-      yield classification_batch(self.images[sl], self.labels[sl], self.num_classes)
+  def transform(self, images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``augment`` of the grey images, with a channel axis."""
+    return self.augment(to_float(images[..., 0]), self.seed, index)[..., None]

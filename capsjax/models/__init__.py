@@ -7,10 +7,10 @@
 A new model is one module here that builds a Flax network from the layers
 in :mod:`capsjax.layers` and registers a :class:`ModelSpec`.
 """
-from capsjax.models.registry import DATA_AXIS, MODELS, ModelSpec
+from capsjax.models.registry import MODELS, ModelSpec, router_of
 from capsjax.models.capsnet import CapsNet, CapsNetOutput, capsule_loss
 from capsjax.models.efficient_capsnet import EfficientCapsNet
 from capsjax.models.matrix_capsnet import MatrixCapsNet, MatrixCapsOutput, matrix_capsule_loss
 
-__all__ = ["DATA_AXIS", "MODELS", "ModelSpec", "CapsNet", "CapsNetOutput", "EfficientCapsNet",
+__all__ = ["MODELS", "ModelSpec", "router_of", "CapsNet", "CapsNetOutput", "EfficientCapsNet",
            "MatrixCapsNet", "MatrixCapsOutput", "capsule_loss", "matrix_capsule_loss"]

@@ -15,7 +15,6 @@ Registered as ``"capsnet"``: margin loss + ``recon_weight`` x reconstruction SSE
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any, Callable
 
 import flax
@@ -25,8 +24,8 @@ import jax.numpy as jnp
 
 from capsjax.layers import DIGIT_CAPS_INIT, Conv, Decoder, DenseCaps, PrimaryCaps, mask_capsules
 from capsjax.losses import margin_loss, reconstruction_loss
-from capsjax.models.registry import MODELS, ModelSpec
-from capsjax.routing import ROUTERS, dynamic_routing, safe_norm
+from capsjax.models.registry import MODELS, ModelSpec, router_of
+from capsjax.routing import dynamic_routing, safe_norm
 
 __all__ = ["CapsNet", "CapsNetOutput", "capsule_loss"]
 
@@ -154,27 +153,10 @@ def capsule_loss(out: CapsNetOutput, batch, config, step=None) -> tuple[jax.Arra
   return margin + config.recon_weight * recon, {"margin_loss": margin, "recon_loss": recon}
 
 
-def router_of(config) -> Callable:
-  """The router ``config.routing`` names; checks that it takes ``config``'s options."""
-  router = ROUTERS.get(config.routing)
-  if config.stop_gradient_inner:
-    try:
-      params = inspect.signature(router).parameters
-    except (TypeError, ValueError):
-      params = {}
-    if "stop_gradient_inner" not in params and not any(
-        p.kind == p.VAR_KEYWORD for p in params.values()):
-      raise ValueError(
-          f"--stop_gradient_inner is an option of the dynamic router; --routing "
-          f"{config.routing} does not take it.")
-  return router
-
-
 def build_capsnet(config, dataset) -> CapsNet:
   return CapsNet(
       num_classes=dataset.num_classes, routing_iters=config.routing_iters,
       routing=router_of(config), num_reconstructions=dataset.labels_per_example,
-      stop_gradient_inner=config.stop_gradient_inner,
       digit_caps_init=config.digit_caps_init, primary_caps_scale=config.primary_caps_scale,
       dtype=config.compute_dtype)
 

@@ -37,8 +37,9 @@ import jax.numpy as jnp
 
 from capsjax.layers import Conv, Decoder, DenseCaps, DepthwiseConv, mask_capsules
 from capsjax.models.capsnet import CapsNetOutput, capsule_loss
-from capsjax.models.registry import DATA_AXIS, MODELS, ModelSpec
-from capsjax.routing import ROUTERS, exp_squash, safe_norm, self_attention_routing
+from capsjax.mesh import DATA_AXIS
+from capsjax.models.registry import MODELS, ModelSpec, router_of
+from capsjax.routing import exp_squash, safe_norm, self_attention_routing
 
 __all__ = ["EfficientCapsNet"]
 
@@ -116,11 +117,8 @@ class EfficientCapsNet(nn.Module):
 
 
 def build_efficient_capsnet(config, dataset) -> EfficientCapsNet:
-  if config.stop_gradient_inner:
-    raise ValueError("--stop_gradient_inner is an option of the dynamic router; "
-                     "Efficient-CapsNet routes in one pass.")
   return EfficientCapsNet(
-      num_classes=dataset.num_classes, routing=ROUTERS.get(config.routing),
+      num_classes=dataset.num_classes, routing=router_of(config),
       routing_iters=config.routing_iters,
       num_reconstructions=dataset.labels_per_example, batch_axis=DATA_AXIS,
       dtype=config.compute_dtype)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from capsjax.layers import ClassMatrixCaps, Conv, ConvMatrixCaps, PrimaryMatrixCaps
 from capsjax.losses import spread_loss, spread_margin
-from capsjax.models.registry import MODELS, ModelSpec
+from capsjax.models.registry import MODELS, ModelSpec, router_of
 from capsjax.routing import MATRIX_ROUTERS, em_routing
 
 __all__ = ["MatrixCapsNet", "MatrixCapsOutput", "matrix_capsule_loss", "SIZES"]
@@ -124,9 +124,6 @@ def matrix_capsule_loss(out: MatrixCapsOutput, batch, config, step) -> tuple[jax
 
 
 def build_matrix_capsnet(config, dataset) -> MatrixCapsNet:
-  if config.stop_gradient_inner:
-    raise ValueError("--stop_gradient_inner is an option of the dynamic router; "
-                     "MatrixCapsNet routes with EM.")
   if config.model_size not in SIZES:
     raise ValueError(f"--model_size {config.model_size!r} is unknown; use one of "
                      f"{', '.join(SIZES)}.")
@@ -134,7 +131,7 @@ def build_matrix_capsnet(config, dataset) -> MatrixCapsNet:
     raise ValueError(f"--model matrix_capsnet needs images of at least {MIN_SIZE}x{MIN_SIZE}; "
                      f"the dataset has {dataset.image_shape[0]}x{dataset.image_shape[1]}.")
   return MatrixCapsNet(num_classes=dataset.num_classes, size=config.model_size,
-                       routing=MATRIX_ROUTERS.get(config.routing),
+                       routing=router_of(config),
                        routing_iters=config.routing_iters, dtype=config.compute_dtype)
 
 

@@ -10,6 +10,8 @@ them, the data-parallel step averages them over devices, checkpoints save them.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -18,11 +20,7 @@ import jax
 from capsjax.registry import Registry
 from capsjax.routing import ROUTERS
 
-__all__ = ["ModelSpec", "MODELS", "DATA_AXIS"]
-
-# The mesh axis the data-parallel train step maps the batch over; layers that
-# reduce over the batch (BatchNorm) name it to see the whole global batch.
-DATA_AXIS = "data"
+__all__ = ["ModelSpec", "MODELS", "router_of"]
 
 Batch = dict[str, jax.Array]
 
@@ -78,3 +76,26 @@ class ModelSpec:
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "capsjax.models.MODELS")
+
+
+# Router options a config can set: config field -> the router's keyword.
+ROUTER_OPTIONS = ("stop_gradient_inner",)
+
+
+def router_of(config) -> Callable:
+  """The router ``config.routing`` names in the model's registry, with the
+  options the config sets; a ``ValueError`` names a router that lacks one."""
+  router = config.routers.get(config.routing)
+  options = {name: True for name in ROUTER_OPTIONS if getattr(config, name)}
+  if not options:
+    return router
+  try:
+    params = inspect.signature(router).parameters
+  except (TypeError, ValueError):
+    params = {}
+  takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+  for name in options:
+    if name not in params and not takes_any:
+      raise ValueError(f"--{name} is an option of the dynamic router; --routing "
+                       f"{config.routing} does not take it.")
+  return functools.partial(router, **options)

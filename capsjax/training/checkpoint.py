@@ -47,6 +47,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """The steps of the checkpoints kept, ascending."""
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state) -> None:
     """Writes ``state`` as checkpoint ``step`` (atomically: tmp dir, then rename)."""
     if step in self._manager.all_steps():

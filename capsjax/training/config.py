@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import math
 import os
 import pathlib
 from typing import Any
@@ -204,9 +205,17 @@ class TrainConfig:
     need(self.eval_batch_size >= 1 and self.eval_batch_size % num_devices == 0,
          f"--eval_batch_size {self.eval_batch_size} must be a positive multiple of the "
          f"{num_devices} devices.")
+    not_finite = [f"--{f.name} {getattr(self, f.name)}" for f in dataclasses.fields(self)
+                  if f.type == "float" and not math.isfinite(getattr(self, f.name))]
+    need(not not_finite, f"{', '.join(not_finite)}: give a finite number.")
+    need(0 <= self.seed < 2**32,
+         f"--seed must be in 0 .. 2**32 - 1 (got {self.seed}); seeds beyond repeat others.")
     need(self.steps > 0 or self.epochs > 0, "give --steps > 0 or --epochs > 0.")
     need(self.steps >= 0, f"--steps must be >= 0 (got {self.steps}; 0: use --epochs).")
     need(self.lr > 0 and self.lr_min >= 0, "--lr must be > 0 and --lr_min >= 0.")
+    need(self.lr_min <= self.lr,
+         f"--lr {self.lr:g} is below --lr_min {self.lr_min:g}, the floor of the decayed "
+         "rate, which would raise it; lower --lr_min too (e.g. --lr_min 0).")
     need(0 < self.lr_decay_rate <= 1,
          f"--lr_decay_rate must be in (0, 1] (got {self.lr_decay_rate}); the paper's is 0.96.")
     need(self.lr_decay_steps >= 0,
@@ -274,10 +283,18 @@ class TrainConfig:
     if not self.distributed:
       return
     import jax  # pylint: disable=import-outside-toplevel
-    if self.coordinator_address:
-      jax.distributed.initialize(self.coordinator_address, self.num_processes, self.process_id)
-    else:
-      jax.distributed.initialize()
+    try:
+      if self.coordinator_address:
+        jax.distributed.initialize(self.coordinator_address, self.num_processes,
+                                   self.process_id)
+      else:
+        jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ConfigError(
+          f"--distributed true: jax.distributed.initialize() failed ({reason}); run it inside "
+          "a SLURM, Open MPI or Cloud TPU job, or give --coordinator_address HOST:PORT "
+          "--num_processes N --process_id I.") from None
 
   def replace(self, **changes) -> "TrainConfig":
     return dataclasses.replace(self, **changes)

@@ -22,13 +22,14 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from capsjax.data import TrainBatches, local_rows, padded, prefetch, worker_prefetch
+from capsjax.data import DataWorkerError, TrainBatches, batch_stream, local_rows, padded
+from capsjax.data.pipeline import Chunks
 from capsjax.training.checkpoint import Checkpointer
 from capsjax.training.config import ConfigError, TrainConfig
 from capsjax.training.logs import RunLog
 from capsjax.training.pictures import write_pictures
 from capsjax.training.steps import (
-    init_state, make_eval_step, make_mesh, make_model, make_optimizer, make_schedule,
+    STEP_LIMIT, init_state, make_eval_step, make_mesh, make_model, make_optimizer, make_schedule,
     make_train_step, shard_batch, variables_of)
 
 __all__ = ["train_and_evaluate", "evaluate_workdir", "NonFiniteLossError", "prepare_workdir"]
@@ -126,24 +127,50 @@ def _progress(total: int, initial: int):
               disable=jax.process_index() != 0, mininterval=1.0)
 
 
+def _model_and_state(config: TrainConfig, mesh, checkpoints: Checkpointer):
+  """The model, optimizer and train state (replicated on ``mesh``), restored from
+  the latest checkpoint if there is one."""
+  model, tx = make_model(config), make_optimizer(config)
+  state = jax.device_put(init_state(model, tx, config.data.image_shape, config.seed),
+                         NamedSharding(mesh, P()))
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(state)
+  return model, tx, state
+
+
+def _logged_test_steps(workdir: pathlib.Path) -> set[int]:
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return set()
+  steps = set()
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if record.get("split") == "test":
+      steps.add(record.get("step"))
+  return steps
+
+
 def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   """Trains (or resumes) according to ``config``; returns the summary record."""
   config.initialize_distributed()
   mesh = make_mesh()
   config.validate(num_devices=mesh.size)
   train_data, test_data = config.data.build(config)  # before the workdir: a data error writes nothing
-  workdir = prepare_workdir(config)
   total_steps = config.total_steps(len(train_data))
+  if total_steps > STEP_LIMIT:
+    raise ConfigError(
+        f"the run would take {total_steps:,} steps, more than the step counter holds "
+        f"({STEP_LIMIT:,}); lower --epochs or --steps.")
+  workdir = prepare_workdir(config)
 
-  model = make_model(config)
-  tx = make_optimizer(config)
-  replicated = NamedSharding(mesh, P())
-  state = jax.device_put(init_state(model, tx, config.data.image_shape, config.seed), replicated)
   checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(state)
-    log.info("resumed from %s at step %d", checkpoints.directory, int(state.step))
+  model, tx, state = _model_and_state(config, mesh, checkpoints)
   start = int(state.step)
+  if checkpoints.latest_step() is not None:
+    log.info("resumed from %s at step %d", checkpoints.directory, start)
 
   train_step = make_train_step(model, tx, mesh, config)
   per_call = config.steps_per_call
@@ -153,23 +180,13 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   run_log = RunLog(workdir, config.tensorboard, resume_step=start)
   schedule = make_schedule(config)
 
-  def chunks():
-    """``(first step, count)``: blocks of ``per_call`` steps from its multiples (so
-    every log, checkpoint and evaluation falls on a block's end), single steps
-    before the first and after the last whole block."""
-    first = start
-    while first < total_steps:
-      count = per_call if first % per_call == 0 and first + per_call <= total_steps else 1
-      yield first, count
-      first += count
-
+  chunks = Chunks(start, total_steps, per_call)
   make_chunk = TrainBatches(train_data, config.batch_size, jax.process_index(),
                             jax.process_count())
-  if config.data_workers:
-    block_bytes = per_call * sum(v.nbytes for v in make_chunk((0, 1)).values())
-    batches = worker_prefetch(make_chunk, chunks(), config.data_workers, slot_bytes=block_bytes)
-  else:
-    batches = prefetch(make_chunk, chunks())
+  block_bytes = 0  # the workers' slots hold a block of per_call batches
+  if config.data_workers and len(chunks):
+    block_bytes = per_call * sum(v.nbytes for v in make_chunk((start, 1)).values())
+  batches = batch_stream(make_chunk, chunks, config.data_workers, slot_bytes=block_bytes)
 
   window: list[dict] = []
   window_start = time.perf_counter()
@@ -179,26 +196,31 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   step = start
   images_per_sec = 0.0
 
+  def kept() -> str:
+    return (f"the last good checkpoint (step {last_good}) is kept in {checkpoints.directory}"
+            if last_good is not None else "no checkpoint was saved")
+
   def check(step_done: int, metrics, count: int = 1) -> None:
-    """Raises unless the loss, the gradients and the new parameters of step
-    ``step_done`` (of the ``count`` steps ending there) are finite; only a
-    checked state is saved or reported."""
+    """Raises unless the loss, the gradients, the new parameters and the new
+    model state of step ``step_done`` (of the ``count`` steps ending there)
+    are finite; only a checked state is saved or reported."""
     metrics = jax.device_get(metrics)
     if count > 1:
       for i in range(count):
         check(step_done - count + 1 + i, {name: v[i] for name, v in metrics.items()})
       return
     metrics = {name: float(v) for name, v in metrics.items()}
-    finite_params = metrics.pop("params_finite") == 1.0
     bad = [f"{name} is {metrics[name]}" for name in ("loss", "grad_norm")
            if not math.isfinite(metrics[name])]
-    if bad or not finite_params:
-      where = (f"the last good checkpoint (step {last_good}) is kept in {checkpoints.directory}"
-               if last_good is not None else "no checkpoint was saved")
-      what = "; ".join(bad) if bad else "the parameters are not finite"
-      raise NonFiniteLossError(
-          f"{what} at step {step_done}; stopped, {where}. Lower --lr, or use --precision "
-          "fp32.")
+    if metrics.pop("params_finite") != 1.0:
+      bad.append("the parameters are not finite")
+    if metrics.pop("model_state_finite") != 1.0:
+      bad.append("the model state (e.g. BatchNorm statistics) is not finite")
+    if bad:
+      advice = "Lower --lr" + (", or use --precision fp32." if config.precision != "fp32"
+                               else ".")
+      raise NonFiniteLossError(f"{'; '.join(bad)} at step {step_done}; stopped, {kept()}. "
+                               + advice)
     window.append(metrics)
 
   def save(step_done: int) -> None:
@@ -206,51 +228,57 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     checkpoints.save(step_done, state)
     last_good = step_done
 
-  # closing: stops the prefetch thread or the worker processes, however the loop ends.
+  def evaluate_and_log(step_done: int) -> dict[str, float]:
+    result = evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size)
+    run_log.write({"step": step_done, "split": "test", **result})
+    return result
+
+  # closing: stops grain's thread or worker processes, however the loop ends.
   with stop.installed(), _progress(total_steps, start) as bar, contextlib.closing(batches):
     pending = None
-    for (_, count), batch in zip(chunks(), batches):
-      if count == 1:
-        state, metrics = train_step(state, shard_batch(batch, mesh))
-      else:
-        state, metrics = train_steps(state, shard_batch(batch, mesh, block=True))
-      step += count
-      if pending is not None:
-        check(*pending)  # one call behind, so the device never waits for the host
-      pending = (step, metrics, count)
-      at_end = step == total_steps
-      # Read the flag once: a signal arriving later in this iteration is acted
-      # on (saved, then stopped) after the next step, never stopped unsaved.
-      stopping = stop.signum is not None
-      do_eval = bool(config.eval_every and step % config.eval_every == 0) or at_end
-      do_save = step % config.checkpoint_every == 0 or at_end or stopping
-      if do_eval or do_save or step % config.log_every == 0:
-        check(*pending)  # never save or report a state whose loss was not checked
-        pending = None
-      if step % config.log_every == 0 or at_end or stopping:
-        elapsed = time.perf_counter() - window_start
-        images_per_sec = len(window) * config.batch_size / max(elapsed, 1e-9)
-        mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-        # The learning rate of this step's update (optax counts updates from 0).
-        run_log.write({"step": step, "split": "train", **mean,
-                       "lr": float(schedule(step - 1)), "images_per_sec": images_per_sec})
-        bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{100 * mean['accuracy']:.1f}%",
-                        img_s=f"{images_per_sec:.0f}", refresh=False)
-        window.clear()
-        window_start = time.perf_counter()
-      if do_save:
-        save(step)
-      if do_eval:
-        last_eval = evaluate(eval_step, variables_of(state), test_data, mesh,
-                             config.eval_batch_size)
-        run_log.write({"step": step, "split": "test", **last_eval})
-        bar.write(f"step {step}: test accuracy {100 * last_eval['accuracy']:.2f}%"
-                  + (f" (per digit {100 * last_eval['per_digit_accuracy']:.2f}%)"
-                     if config.data.labels_per_example > 1 else ""))
-        window_start = time.perf_counter()
-      bar.update(count)
-      if stopping:
-        break
+    try:
+      for (_, count), batch in zip(chunks, batches):
+        if count == 1:
+          state, metrics = train_step(state, shard_batch(batch, mesh))
+        else:
+          state, metrics = train_steps(state, shard_batch(batch, mesh, block=True))
+        step += count
+        if pending is not None:
+          check(*pending)  # one call behind, so the device never waits for the host
+        pending = (step, metrics, count)
+        at_end = step == total_steps
+        # Read the flag once: a signal arriving later in this iteration is acted
+        # on (saved, then stopped) after the next step, never stopped unsaved.
+        stopping = stop.signum is not None
+        do_eval = bool(config.eval_every and step % config.eval_every == 0) or at_end
+        do_save = step % config.checkpoint_every == 0 or at_end or stopping
+        if do_eval or do_save or step % config.log_every == 0:
+          check(*pending)  # never save or report a state whose loss was not checked
+          pending = None
+        if step % config.log_every == 0 or at_end or stopping:
+          elapsed = time.perf_counter() - window_start
+          images_per_sec = len(window) * config.batch_size / max(elapsed, 1e-9)
+          mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+          # The learning rate of this step's update (optax counts updates from 0).
+          run_log.write({"step": step, "split": "train", **mean,
+                         "lr": float(schedule(step - 1)), "images_per_sec": images_per_sec})
+          bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{100 * mean['accuracy']:.1f}%",
+                          img_s=f"{images_per_sec:.0f}", refresh=False)
+          window.clear()
+          window_start = time.perf_counter()
+        if do_eval:  # before the save: a kill in between redoes both on resume
+          last_eval = evaluate_and_log(step)
+          bar.write(f"step {step}: test accuracy {100 * last_eval['accuracy']:.2f}%"
+                    + (f" (per digit {100 * last_eval['per_digit_accuracy']:.2f}%)"
+                       if config.data.labels_per_example > 1 else ""))
+          window_start = time.perf_counter()
+        if do_save:
+          save(step)
+        bar.update(count)
+        if stopping:
+          break
+    except DataWorkerError as e:
+      raise DataWorkerError(f"{e}; stopped, {kept()}. Rerun the same command to resume.") from e
 
   summary = {"step": step, "total_steps": total_steps, "workdir": str(workdir),
              "images_per_sec": images_per_sec, **last_eval}
@@ -260,8 +288,11 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     checkpoints.close()
     return summary
   if start == total_steps:  # nothing left to train: evaluate what is there
-    summary.update(evaluate(eval_step, variables_of(state), test_data, mesh,
-                            config.eval_batch_size))
+    if total_steps in _logged_test_steps(workdir):
+      summary.update(evaluate(eval_step, variables_of(state), test_data, mesh,
+                              config.eval_batch_size))
+    else:  # the run was stopped between its last checkpoint and that evaluation's record
+      summary.update(evaluate_and_log(total_steps))
   pictures = write_pictures(model, variables_of(state), test_data, workdir)
   run_log.pictures(pictures, step)
   run_log.close()
@@ -286,14 +317,10 @@ def evaluate_workdir(workdir: str | os.PathLike, data_source: str | None = None,
   mesh = make_mesh()
   config.validate(num_devices=mesh.size)
   _, test_data = config.data.build(config)
-  model = make_model(config)
-  tx = make_optimizer(config)
-  state = jax.device_put(init_state(model, tx, config.data.image_shape, config.seed),
-                         NamedSharding(mesh, P()))
   checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   if checkpoints.latest_step() is None:
     raise ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate.")
-  state = checkpoints.restore(state)
+  model, _, state = _model_and_state(config, mesh, checkpoints)
   checkpoints.close()
   eval_step = make_eval_step(config.model_spec.eval_module(model), mesh)
   result = {"step": int(state.step),

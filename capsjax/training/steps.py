@@ -16,18 +16,20 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from capsjax.metrics import per_digit_correct, strict_correct
-from capsjax.models import DATA_AXIS
+from capsjax.mesh import DATA_AXIS, make_mesh, shard_batch
 from capsjax.training.config import TrainConfig
 
 __all__ = [
     "TrainState", "make_model", "make_schedule", "make_optimizer", "init_state", "loss_fn",
-    "make_mesh", "make_train_step", "make_eval_step", "shard_batch", "variables_of",
+    "make_mesh", "make_train_step", "make_eval_step", "shard_batch", "variables_of", "STEP_LIMIT",
 ]
+
+# The step counter is int32: the most optimizer steps a run can take.
+STEP_LIMIT = 2**31 - 1
 
 Batch = dict[str, Any]
 
@@ -98,22 +100,10 @@ def loss_fn(params, model_state, model: nn.Module, batch: Batch, config: TrainCo
   return loss, (metrics, new_state)
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh ``('data',)`` over all devices (of all processes)."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices, (DATA_AXIS,))
-
-
-def shard_batch(batch: Batch, mesh: Mesh, block: bool = False) -> Batch:
-  """Places this process's slice of the global batch on the mesh.
-
-  On one host the slice is the whole batch; on several, each process passes
-  the rows it built (see ``MultiMNIST.batch(process_index=...)``). With
-  ``block=True`` every array is a block ``(k, rows, ...)`` of ``k`` batches
-  (for ``make_train_step(..., steps_per_call=k)``), split over the rows.
-  """
-  sharding = NamedSharding(mesh, P(None, DATA_AXIS) if block else P(DATA_AXIS))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+def _all_finite(tree) -> jax.Array:
+  """1.0 if every entry of every leaf of ``tree`` is finite (also for no leaves), else 0.0."""
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] + [True])
+                 ).astype(jnp.float32)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
@@ -146,10 +136,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    # Whether the new parameters are all finite: the loss of this step was
-    # computed from the old ones, so only this says the new state is good.
-    metrics["params_finite"] = jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])).astype(jnp.float32)
+    # Whether the new parameters and model state are all finite: the loss of
+    # this step was computed from the old ones, so only this says the new
+    # state is good.
+    metrics["params_finite"] = _all_finite(params)
+    metrics["model_state_finite"] = _all_finite(model_state)
     return TrainState(state.step + 1, params, opt_state, model_state), metrics
 
   replicated = NamedSharding(mesh, P())
