@@ -72,6 +72,7 @@ def run(main: Callable[[], int]) -> None:
   from capsjax.training import CheckpointError, ConfigError, NonFiniteLossError  # pylint: disable=import-outside-toplevel
   try:
     sys.exit(main())
-  except (ConfigError, CheckpointError, NonFiniteLossError, DataError, DataWorkerError) as e:
+  except (ConfigError, CheckpointError, NonFiniteLossError, DataError,
+          DataWorkerError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

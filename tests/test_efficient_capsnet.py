@@ -93,6 +93,30 @@ def tiny(tmp_path, **overrides):
   return TrainConfig(**{**values, **overrides})
 
 
+def test_batchnorm_normalises_with_the_batch_and_keeps_keras_running_statistics():
+  from capsjax.layers import BatchNorm
+  x = np.asarray(jax.random.normal(jax.random.key(0), (2, 3, 3, 4)) * 3 + 1, np.float64)
+  layer = BatchNorm(momentum=0.9, epsilon=1e-3)
+  variables = layer.init(jax.random.key(1), jnp.asarray(x, jnp.float32), train=True)
+  np.testing.assert_array_equal(variables["batch_stats"]["var"], np.ones(4))  # init: no update
+  y, new = layer.apply(variables, jnp.asarray(x, jnp.float32), train=True, mutable=["batch_stats"])
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))                   # 18 values per channel
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-3), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(new["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new["batch_stats"]["var"], 0.9 + 0.1 * x.var((0, 1, 2), ddof=1),
+                             rtol=1e-5)                              # Bessel: x 18 / 17
+  flax_like = BatchNorm(momentum=0.9, epsilon=1e-3, unbiased_running_var=False)
+  _, biased = flax_like.apply(variables, jnp.asarray(x, jnp.float32), train=True,
+                              mutable=["batch_stats"])
+  np.testing.assert_allclose(biased["batch_stats"]["var"], 0.9 + 0.1 * var, rtol=1e-5)
+  # Evaluation normalises with the running statistics.
+  y_eval = layer.apply({**variables, **new}, jnp.asarray(x, jnp.float32), train=False)
+  running_mean, running_var = (np.asarray(new["batch_stats"][k], np.float64)
+                               for k in ("mean", "var"))
+  np.testing.assert_allclose(y_eval, (x - running_mean) / np.sqrt(running_var + 1e-3), rtol=1e-5,
+                             atol=1e-5)
+
+
 @pytest.mark.slow
 def test_eight_device_step_equals_one_device_step_with_synchronised_batchnorm(tmp_path):
   config = tiny(tmp_path).validate(8)
@@ -112,7 +136,7 @@ def test_eight_device_step_equals_one_device_step_with_synchronised_batchnorm(tm
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   # Reference in NumPy: BatchNorm 1 sees relu(conv1(x)) of the whole batch of
   # 16 (the 8 devices' statistics are synchronised); its running mean and
-  # (biased, as Flax's) variance move by 1 - momentum = 0.01 from 0 and 1.
+  # (unbiased, as Keras') variance move by 1 - momentum = 0.01 from 0 and 1.
   init = init_state(model, tx, (28, 28, 1), seed=0)
   x = np.asarray(batch["image"], np.float64)
   kernel = np.asarray(init.params["conv1"]["kernel"], np.float64)   # (5, 5, 1, 32)
@@ -124,7 +148,7 @@ def test_eight_device_step_equals_one_device_step_with_synchronised_batchnorm(tm
     np.testing.assert_allclose(stats["batch_stats"]["bn1"]["mean"], 0.01 * a.mean((0, 1, 2)),
                                rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(stats["batch_stats"]["bn1"]["var"],
-                               0.99 + 0.01 * a.var((0, 1, 2)), rtol=1e-4, atol=1e-7)
+                               0.99 + 0.01 * a.var((0, 1, 2), ddof=1), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.slow
@@ -156,6 +180,48 @@ def test_erasure_zeroes_one_4x4_patch_inside_the_margins():
   rows, cols = np.nonzero(zero.any(axis=2)), np.nonzero(zero.any(axis=1))
   assert rows[1].min() >= 4 and rows[1].max() <= 25 and cols[1].min() >= 4
   assert cols[1].max() <= 25
+
+
+def test_preset_learning_rate_is_held_for_each_epoch_as_the_official_schedule():
+  # Keras' per-epoch schedule: 5e-4 x 0.97^epoch for every step of the epoch
+  # (3,750 steps of batch 16), floored at 5e-5 (from epoch 76 on).
+  from capsjax.presets import PRESETS
+  from capsjax.training import make_schedule
+  config = TrainConfig(**PRESETS.get("efficient_capsnet_mnist").values)
+  schedule = make_schedule(config)
+  for epoch in (0, 1, 2, 10, 75, 76, 149):
+    expected = max(5e-4 * 0.97 ** epoch, 5e-5)
+    for update in (3750 * epoch, 3750 * epoch + 1874, 3750 * epoch + 3749):  # first, mid, last
+      assert float(schedule(update)) == pytest.approx(expected, rel=1e-5), (epoch, update)
+
+
+def test_squish_width_and_offset_follow_the_official_distributions():
+  # The official squish: w = floor(7 a) + 1 columns narrower, placed w // 2 +
+  # floor(2 b) columns from the left, a and b each min(|N(0, 0.33)|, 0.9999).
+  # So the extra column has probability P(|N(0, 0.33)| >= 0.5), and w = k has
+  # P((k - 1) / 7 <= |N| < k / 7) (the last bin takes the tail).
+  import math
+  cdf = lambda t: math.erf(t / (0.33 * math.sqrt(2)))           # P(|N(0, 0.33)| < t)
+  p_extra = 1 - cdf(0.5)
+  assert p_extra == pytest.approx(0.1297, abs=1e-4)
+  p_width = [cdf(k / 7) - cdf((k - 1) / 7) for k in range(1, 7)]
+  p_width.append(1 - cdf(6 / 7))
+  widths, extras = [], []
+  for chunk in range(4):
+    index = np.arange(chunk * 20_000, (chunk + 1) * 20_000, dtype=np.int64)
+    out = augment._squish(np.ones((len(index), 28, 28), np.float32), 5, index)
+    inked = out[:, 14, :] > 0.5                                     # the image's columns
+    first = inked.argmax(axis=1)
+    cut = 28 - inked.sum(axis=1)
+    assert np.all(inked[np.arange(len(index)), first + inked.sum(axis=1) - 1])  # contiguous
+    widths.append(cut)
+    extras.append(first - cut // 2)
+  widths, extras = np.concatenate(widths), np.concatenate(extras)
+  n = len(extras)
+  assert set(np.unique(extras)) == {0, 1}
+  assert abs(np.mean(extras) - p_extra) < 4 * math.sqrt(p_extra * (1 - p_extra) / n)
+  counts = np.bincount(widths, minlength=8)[1:8] / n
+  np.testing.assert_allclose(counts, p_width, atol=4 * math.sqrt(0.25 / n))
 
 
 def test_augmentation_is_deterministic_and_in_range():

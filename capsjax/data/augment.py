@@ -8,8 +8,10 @@ Read from the official pre-processing (EscVM/Efficient-CapsNet,
 2. a shift within the digit's margins: per axis a direction and a fraction
    ``min(|N(0, 0.33)|, 0.9999)`` of the empty margin on that side;
 3. a width squish: resized to ``28 - w`` columns, ``w = 1 + floor(7 a)``, then
-   placed ``w // 2 + {0, 1}`` columns from the left (linear interpolation here;
-   the official code uses antialiased Lanczos-3);
+   placed ``w // 2 + floor(2 b)`` columns from the left, ``a`` and ``b`` each
+   ``min(|N(0, 0.33)|, 0.9999)`` (so the extra column with probability
+   ``P(|N(0, 0.33)| >= 0.5)`` = 0.13); linear interpolation here, the official
+   code uses antialiased Lanczos-3;
 4. an erasure of a 4x4 patch whose corner is uniform in ``[4, 22]^2``.
 
 Every random number is a pure function of ``(seed, example index)``
@@ -84,7 +86,8 @@ def _shift(images, seed, index):
 def _squish(images, seed, index):
   width_cut = np.floor(np.minimum(np.abs(0.33 * normal(seed, index, 6)), 0.9999)
                        * (_SIZE / 4) + 1).astype(np.int64)     # 1..7 columns narrower
-  offset = width_cut // 2 + np.floor(uniform(seed, index, 7) * 2).astype(np.int64)
+  extra = np.floor(2 * np.minimum(np.abs(0.33 * normal(seed, index, 7)), 0.9999))
+  offset = width_cut // 2 + extra.astype(np.int64)
   width = _SIZE - width_cut
   x = np.arange(_SIZE)[None, :]
   j = x - offset[:, None]                                      # column of the narrow image

@@ -194,8 +194,8 @@ def _flush_shared_memory() -> None:
   """
   gc.collect()  # the received arrays still held by reference cycles
   try:
-    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray  # pylint: disable=import-outside-toplevel
-    pool = SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access
+    from grain._src.python.ipc import shared_memory_array  # pylint: disable=import-outside-toplevel
+    pool = shared_memory_array.SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access
   except (ImportError, AttributeError):  # another grain: its own cleanup applies
     return
   if pool is not None:

@@ -5,6 +5,8 @@ The pieces a researcher composes into their own network, by module:
 ``convolution``
   Conv           VALID convolution through :func:`capsjax.conv.conv2d`
   DepthwiseConv  VALID depthwise convolution through :func:`capsjax.conv.depthwise_conv2d`
+``normalization``
+  BatchNorm      per-channel batch normalisation, Keras' running statistics
 ``vector``
   PrimaryCaps    convolution -> squashed capsules   (B, H, W, C) -> (B, n, d)
   DenseCaps      fully connected capsules, routed   (B, n_in, d_in) -> v (B, n_out, d_out), c
@@ -27,10 +29,11 @@ from capsjax.layers.convolution import Conv, DepthwiseConv
 # The type aliases of the layers' signatures.
 from capsjax.layers.convolution import Dtype as Dtype, Initializer as Initializer, Router as Router
 from capsjax.layers.decoder import Decoder, mask_capsules
+from capsjax.layers.normalization import BatchNorm
 from capsjax.layers.matrix import POSE_INIT, ClassMatrixCaps, ConvMatrixCaps, PrimaryMatrixCaps
 from capsjax.layers.vector import (
     DIGIT_CAPS_INIT, OFFICIAL_PRIMARY_CAPS_SCALE, DenseCaps, PrimaryCaps)
 
-__all__ = ["Conv", "DepthwiseConv", "PrimaryCaps", "DenseCaps", "Decoder", "mask_capsules",
-           "PrimaryMatrixCaps", "ConvMatrixCaps", "ClassMatrixCaps", "DIGIT_CAPS_INIT",
+__all__ = ["BatchNorm", "Conv", "DepthwiseConv", "PrimaryCaps", "DenseCaps", "Decoder",
+           "mask_capsules", "PrimaryMatrixCaps", "ConvMatrixCaps", "ClassMatrixCaps", "DIGIT_CAPS_INIT",
            "OFFICIAL_PRIMARY_CAPS_SCALE", "POSE_INIT"]

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from capsjax.layers import Conv, Decoder, DenseCaps, DepthwiseConv, mask_capsules
+from capsjax.layers import BatchNorm, Conv, Decoder, DenseCaps, DepthwiseConv, mask_capsules
 from capsjax.models.capsnet import CapsNetOutput, capsule_loss
 from capsjax.mesh import DATA_AXIS
 from capsjax.models.registry import MODELS, ModelSpec, router_of
@@ -92,9 +92,8 @@ class EfficientCapsNet(nn.Module):
     for i, (features, kernel, stride) in enumerate(CONVS, start=1):
       x = Conv(features, kernel, stride, self.dtype, self.conv_impl, kernel_init=_HE_NORMAL,
                bias_init=nn.initializers.zeros, name=f"conv{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
-                       axis_name=self.batch_axis if train else None, dtype=self.dtype,
-                       name=f"bn{i}")(nn.relu(x))
+      x = BatchNorm(momentum=0.99, epsilon=1e-3, axis_name=self.batch_axis, dtype=self.dtype,
+                    name=f"bn{i}")(nn.relu(x), train=train)
     # One depthwise filter over the whole feature map: each channel -> a value.
     x = DepthwiseConv(x.shape[1], 1, self.dtype, self.conv_impl, name="primary_caps")(x)
     u = exp_squash(x.reshape(x.shape[0], self.num_primary, self.primary_dim)

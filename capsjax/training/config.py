@@ -34,8 +34,9 @@ PRECISIONS = ("fp32", "bf16")
 # change between runs in the same workdir.
 IDENTITY_FIELDS = (
     "model", "dataset", "routing", "routing_iters", "batch_size", "lr", "lr_decay_rate",
-    "lr_decay_steps", "lr_min", "recon_weight", "seed", "precision", "stop_gradient_inner",
-    "digit_caps_init", "primary_caps_scale", "model_size", "margin_ramp_steps",
+    "lr_decay_steps", "lr_staircase", "lr_min", "recon_weight", "seed", "precision",
+    "stop_gradient_inner", "digit_caps_init", "primary_caps_scale", "model_size",
+    "margin_ramp_steps",
 )
 
 # What a config.json written before a field existed was trained with; used
@@ -43,7 +44,7 @@ IDENTITY_FIELDS = (
 # was trained, and a new default cannot silently change it.
 VALUES_BEFORE_THE_FIELD = {"digit_caps_init": 0.1, "primary_caps_scale": 1.0,
                            "model": "capsnet", "routing": "dynamic", "model_size": "small",
-                           "margin_ramp_steps": 20_000}
+                           "margin_ramp_steps": 20_000, "lr_staircase": False}
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,9 @@ class TrainConfig:
   lr_decay_rate: float = flag(0.96, "exponential learning-rate decay factor, in (0, 1]")
   lr_decay_steps: int = flag(0, "decay period in steps (0: the dataset's; 2000 for mnist, "
                              "20000 for multimnist)")
+  lr_staircase: bool = flag(False, "hold the learning rate for each --lr_decay_steps and "
+                            "then multiply it by --lr_decay_rate (a step function, as a "
+                            "per-epoch Keras schedule) instead of decaying it continuously")
   lr_min: float = flag(1e-6, "floor of the learning rate")
   recon_weight: float = flag(0.0005, "weight of the reconstruction SSE in the loss")
   seed: int = flag(0, "seed of initialisation and data order")

@@ -59,10 +59,12 @@ def make_model(config: TrainConfig) -> nn.Module:
 
 
 def make_schedule(config: TrainConfig) -> optax.Schedule:
-  """The official learning rate: ``lr * rate^(step / decay_steps)``, floored at ``lr_min``."""
+  """The official learning rate: ``lr * rate^(step / decay_steps)`` (the exponent
+  rounded down with ``lr_staircase``), floored at ``lr_min``."""
   return optax.exponential_decay(
       init_value=config.lr, transition_steps=config.decay_steps,
-      decay_rate=config.lr_decay_rate, end_value=config.lr_min)
+      decay_rate=config.lr_decay_rate, end_value=config.lr_min,
+      staircase=config.lr_staircase)
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
