@@ -87,6 +87,68 @@ def test_em_routing_matches_procedure_1_in_numpy(num_iters):
     np.testing.assert_allclose(act[b], ref_act[0], rtol=1e-4, atol=1e-6)
 
 
+def clustered_votes(seed, shape, spread=0.05):
+  """Votes in a tight cluster per parent type (spread 0.05), activations in [0.1, 1)."""
+  rng = np.random.default_rng(seed)
+  votes = rng.normal(size=shape[-2:]) + spread * rng.normal(size=shape)
+  return votes, rng.uniform(0.1, 1.0, size=shape[:-2])
+
+
+def unsaturated_beta_a(votes, a, lambdas, children=None):
+  """beta_a that puts the reference's last activations near 0.35, 0.5 and 0.65."""
+  _, act = np_em(votes, a, np.zeros(3), np.zeros(3), lambdas, children)
+  cost = np.mean(np.log(1 / act - 1), axis=0) / lambdas[-1]       # a = sigmoid(-lambda cost)
+  return cost + np.array([-60.0, 0.0, 60.0])
+
+
+@pytest.mark.parametrize("num_iters", [1, 2, 3])
+@pytest.mark.parametrize("routing", ["dense", "convolutional"])
+def test_float32_routing_is_shift_equivariant(num_iters, routing):
+  # Adding c to every vote shifts the poses by c and leaves the activations:
+  # float32 activations at c = 0, 3, 10, 30 agree with the float64 reference
+  # to 2e-4 (moments in the frame of each parent's mean vote; the one-pass
+  # variance was off by up to 2e-2 at c = 30).
+  lambdas = inverse_temperatures(num_iters)
+  if routing == "dense":
+    votes, a = clustered_votes(num_iters, (12, 3, 16))
+    children, shape, assign = None, (1, 12, 3, 16), None
+    ref_votes, ref_a = votes[None], a
+  else:   # 5x5 children of 2 types, 3x3 windows, stride 1: 9 positions of 18 entries
+    children = window_children(5, 5, 3, 1, 2)
+    child_votes, a_children = clustered_votes(num_iters, (50, 3, 16))
+    ref_votes, ref_a = child_votes[children], a_children[children]
+    shape, assign = (1, 3, 3, 18, 3, 16), functools.partial(
+        window_softmax, input_size=(5, 5), kernel_size=3, stride=1)
+  beta_u = np.zeros(3)
+  beta_a = unsaturated_beta_a(ref_votes, ref_a, lambdas, children)
+  for c in (0.0, 3.0, 10.0, 30.0):
+    ref_mu, ref_act = np_em(ref_votes + c, ref_a, beta_u, beta_a, lambdas, children)
+    assert 0.05 < ref_act.mean() < 0.95
+    poses, act = em_routing(jnp.asarray((ref_votes + c).reshape(shape), jnp.float32),
+                            jnp.asarray(ref_a.reshape(shape[:-2]), jnp.float32), beta_u,
+                            beta_a, num_iters, assignments=assign)
+    np.testing.assert_allclose(np.asarray(act).reshape(ref_act.shape), ref_act, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(poses).reshape(ref_mu.shape), ref_mu,
+                               atol=2e-4 + 1e-6 * c)
+
+
+def test_a_light_parent_gets_the_exact_weighted_mean_and_an_empty_one_stays_finite():
+  # Parent 0 is reached only through tiny activations (mass 1e-4): its pose is
+  # still the weighted mean of its votes (a fixed mass epsilon shrank it by
+  # m / (m + 1e-6)); parent 1's votes come from children of activation 0.
+  rng = np.random.default_rng(0)
+  votes = rng.normal(size=(1, 4, 2, 16)) + 5.0
+  a = np.array([[1e-4 / 3, 1e-4 / 3, 1e-4 / 3, 0.0]])
+  poses, act = em_routing(jnp.asarray(votes, jnp.float32), jnp.asarray(a, jnp.float32),
+                          0.0, 0.0, 1)
+  expected = (a[0, :, None] * votes[0, :, 0]).sum(0) / a[0].sum()
+  np.testing.assert_allclose(poses[0, 0], expected, rtol=1e-5)
+  empty = em_routing(jnp.asarray(votes, jnp.float32), jnp.zeros((1, 4)), 0.0, 0.0, 3)
+  grads = jax.grad(lambda v: jnp.sum(em_routing(v, jnp.zeros((1, 4)), 0.0, 0.0, 3)[1]))(
+      jnp.asarray(votes, jnp.float32))
+  assert all(np.all(np.isfinite(x)) for x in (*empty, grads))
+
+
 def test_one_iteration_gives_the_activation_weighted_mean_of_the_votes():
   votes, a, beta_u, beta_a = random_case(jax.random.key(7), (4, 9, 5, 16))
   poses, act = em_routing(votes, a, beta_u, beta_a, 1)
@@ -175,7 +237,8 @@ def test_window_softmax_normalises_each_child_over_all_its_parents(size, kernel,
       where = children == child
       expected[where] = np.exp(x[where]) / np.exp(x[where]).sum()
     np.testing.assert_allclose(np.asarray(r[b]).reshape(expected.shape), expected, rtol=1e-5)
-  # The official normalisation: over the covering positions, per parent type.
+  # The official normalisation: over the covering positions, per parent type,
+  # then an equal share for each of the n_out parent types.
   # Every child of both images, edge children (read by one window) included.
   r = window_softmax(logits, (size, size), kernel, stride, per_parent_type=True)
   for b in range(2):
@@ -183,7 +246,8 @@ def test_window_softmax_normalises_each_child_over_all_its_parents(size, kernel,
     expected = np.zeros_like(x)
     for child in np.unique(children):
       where = children == child
-      expected[where] = np.exp(x[where]) / np.exp(x[where]).sum(0)
+      expected[where] = np.exp(x[where]) / np.exp(x[where]).sum(0) / n_out
+      np.testing.assert_allclose(expected[where].sum(), 1.0)
     np.testing.assert_allclose(np.asarray(r[b]).reshape(expected.shape), expected, rtol=1e-5)
 
 
@@ -341,3 +405,11 @@ def test_train_script_runs_matrix_capsnet(tmp_path):
   assert rows[-1]["split"] == "test" and rows[-1]["test_examples"] == 16
   config = json.loads((workdir / "config.json").read_text())
   assert config["routing"] == "em" and config["model_size"] == "small"
+
+
+def test_the_per_parent_type_flag_reaches_the_convolutional_layers():
+  from capsjax.training import TrainConfig, make_model
+  for flag in (False, True):
+    model = make_model(TrainConfig(model="matrix_capsnet", dataset="mnist",
+                                   assignments_per_parent_type=flag))
+    assert model.per_parent_type is flag

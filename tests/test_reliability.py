@@ -323,6 +323,8 @@ BAD_FLAGS = [
      "--model_size 'huge' is unknown; use one of small, large"),
     (["--model", "matrix_capsnet"], "--model matrix_capsnet handles at most 1 labels"),
     (["--margin_ramp_steps", "-1"], "--margin_ramp_steps must be >= 0"),
+    (["--assignments_per_parent_type", "true"],
+     "--assignments_per_parent_type is an option of matrix capsules; --model capsnet has none"),
     (["--dataset", "smallnorb"], "'smallnorb' split 'train' is not prepared"),
     (["--data_source", "web"], "--data_source 'web' is unknown"),
     (["--data_source", "idx"], "--data_source idx needs --mnist_dir"),

@@ -132,6 +132,7 @@ def build_matrix_capsnet(config, dataset) -> MatrixCapsNet:
                      f"the dataset has {dataset.image_shape[0]}x{dataset.image_shape[1]}.")
   return MatrixCapsNet(num_classes=dataset.num_classes, size=config.model_size,
                        routing=router_of(config),
+                       per_parent_type=config.assignments_per_parent_type,
                        routing_iters=config.routing_iters, dtype=config.compute_dtype)
 
 

@@ -18,8 +18,10 @@ Assignments start uniform over the parents; every iteration runs the M-step
 and, except after the last, the E-step. Numerical safety, so values and
 gradients stay finite when all votes of a parent agree, when a parent has one
 child, and when activations are 0: the E-step is in log space (log-sigmoid,
-log-softmax), the variance has a floor, and the mass sum_i R'_ij has a tiny
-epsilon.
+log-softmax), the variance has a floor, and a parent with no mass sum_i R'_ij
+gets zero weights (its pose is the mean of its votes). The moments are taken
+in two passes over the votes centred on each parent's mean vote, so float32
+routing is shift-equivariant to float32 precision.
 
 Matrix-capsule routers share one calling convention (the vector-capsule
 ``(u_hat, num_iters) -> (v, c)`` does not fit: they take and give activations)::
@@ -50,7 +52,6 @@ from capsjax.conv import fold_windows, windows
 __all__ = ["em_routing", "inverse_temperatures", "window_softmax", "VARIANCE_FLOOR"]
 
 VARIANCE_FLOOR = 1e-4   # added to every variance: a parent whose votes agree stays finite
-_MASS_EPSILON = 1e-6    # added to sum_i R'_ij: a parent nobody votes for stays finite
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -123,23 +124,27 @@ def em_routing(
   beta_u = jnp.asarray(beta_u, dtype)[..., None]                  # (..., n_out, 1)
   beta_a = jnp.asarray(beta_a, dtype)
 
+  # EM is shift-equivariant: routing the votes in the frame of each parent's
+  # mean vote gives the same result, and keeps a common offset of the votes out
+  # of the float32 moments (whose cancellation grew with it). The frame carries
+  # no gradient: the outputs do not depend on it.
+  centre = jax.lax.stop_gradient(jnp.mean(votes, axis=-3, keepdims=True))  # (..., 1, n_out, h)
+  centred = votes - centre
+
   def m_step(r, lam):
     weighted = r * a_in                                           # R'_ij  (..., n_in, n_out)
     mass = jnp.sum(weighted, axis=-2)                             # (..., n_out)
-    share = weighted / (mass[..., None, :] + _MASS_EPSILON)      # sums to s_j ~ 1 over i
-    # One pass over the votes for both moments (sums, not einsums: the votes'
-    # layout is kept). sum_i share (V - mu)^2 = second - mu^2 (2 - s_j).
-    mu = jnp.sum(share[..., None] * votes, axis=-3)               # (..., n_out, pose_dim)
-    second = jnp.sum(share[..., None] * jnp.square(votes), axis=-3)
-    total = jnp.sum(share, axis=-2)[..., None]
-    var = jnp.maximum(second - jnp.square(mu) * (2.0 - total), 0.0)
+    # Exact weights, summing to 1 over i; a parent with no mass gets none.
+    share = weighted / jnp.where(mass > 0, mass, 1.0)[..., None, :]
+    mu = jnp.sum(share[..., None] * centred, axis=-3)             # (..., n_out, pose_dim)
+    var = jnp.sum(share[..., None] * jnp.square(centred - mu[..., None, :, :]), axis=-3)
     log_var = jnp.log(var + variance_floor)
     cost = jnp.sum((beta_u + 0.5 * log_var) * mass[..., None], axis=-1)   # (..., n_out)
     logit = lam * (beta_a - cost)
     return mu, log_var, logit
 
   def e_step(mu, log_var, logit):
-    diff = votes - mu[..., None, :, :]                            # (..., n_in, n_out, h)
+    diff = centred - mu[..., None, :, :]                          # (..., n_in, n_out, h)
     log_p = -0.5 * jnp.sum(jnp.square(diff) * jnp.exp(-log_var)[..., None, :, :]
                            + log_var[..., None, :, :] + _LOG_2PI, axis=-1)
     return normalise(jax.nn.log_sigmoid(logit)[..., None, :] + log_p)
@@ -152,7 +157,7 @@ def em_routing(
   r = normalise(0.0 * jax.lax.stop_gradient(votes[..., 0]))
   r = jax.lax.fori_loop(0, num_iters - 1, body, r, unroll=True)
   mu, _, logit = m_step(r, lambdas[num_iters - 1])
-  return mu, jax.nn.sigmoid(logit)
+  return mu + centre[..., 0, :, :], jax.nn.sigmoid(logit)
 
 
 # ----------------------------------------------------------------------------
@@ -168,7 +173,9 @@ def window_softmax(logits: jax.Array, input_size: tuple[int, int], kernel_size: 
   by every window that covers it; the paper normalises its assignments over all
   the parents it reaches, every covering position and every parent type. With
   ``per_parent_type`` they are normalised over the covering positions for each
-  parent type separately, as the official code does.
+  parent type separately, as the official code does, then divided by the number
+  of parent types, so that they too sum to 1 (each parent type gets an equal
+  share of the child).
 
   Returns:
     ``R`` with the shape of ``logits``, summing to 1 over each child's parents.
@@ -183,4 +190,6 @@ def window_softmax(logits: jax.Array, input_size: tuple[int, int], kernel_size: 
   total = fold_windows(jnp.exp(entry - windows(peak, kernel_size, stride)), input_size, stride)
   log_norm = peak + jnp.log(jnp.where(total > 0, total, 1.0))
   r = jnp.exp(x - windows(log_norm, kernel_size, stride))
+  if per_parent_type:
+    r = r / c
   return r.reshape(logits.shape)

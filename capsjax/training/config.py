@@ -23,7 +23,7 @@ from capsjax.data.mnist import SOURCES as DATA_SOURCES
 from capsjax.layers import DIGIT_CAPS_INIT
 from capsjax.models import MODELS
 from capsjax.registry import UnknownNameError
-from capsjax.routing import ROUTERS
+from capsjax.routing import MATRIX_ROUTERS, ROUTERS
 
 __all__ = ["TrainConfig", "ConfigError", "IDENTITY_FIELDS"]
 
@@ -36,7 +36,7 @@ IDENTITY_FIELDS = (
     "model", "dataset", "routing", "routing_iters", "batch_size", "lr", "lr_decay_rate",
     "lr_decay_steps", "lr_staircase", "lr_min", "recon_weight", "seed", "precision",
     "stop_gradient_inner", "digit_caps_init", "primary_caps_scale", "model_size",
-    "margin_ramp_steps",
+    "margin_ramp_steps", "assignments_per_parent_type",
 )
 
 # What a config.json written before a field existed was trained with; used
@@ -44,7 +44,8 @@ IDENTITY_FIELDS = (
 # was trained, and a new default cannot silently change it.
 VALUES_BEFORE_THE_FIELD = {"digit_caps_init": 0.1, "primary_caps_scale": 1.0,
                            "model": "capsnet", "routing": "dynamic", "model_size": "small",
-                           "margin_ramp_steps": 20_000, "lr_staircase": False}
+                           "margin_ramp_steps": 20_000, "lr_staircase": False,
+                           "assignments_per_parent_type": False}
 
 
 class ConfigError(ValueError):
@@ -119,6 +120,10 @@ class TrainConfig:
                          "or large (A=B=C=D=32)")
   margin_ramp_steps: int = flag(20_000, "steps over which the spread-loss margin of "
                                 "matrix_capsnet rises linearly from 0.2 to 0.9")
+  assignments_per_parent_type: bool = flag(False, (
+      "matrix_capsnet: normalise each child's convolutional assignments over its covering "
+      "positions for each parent type, an equal share per type (the official code's), "
+      "instead of over all the parents it reaches (the paper's)"))
   tensorboard: bool = flag(False, "also write a TensorBoard log to <workdir>/tensorboard "
                            "(needs tensorboardX: pip install 'capsjax[tensorboard]')")
   distributed: bool = flag(False, "call jax.distributed.initialize() first (multi-host runs; "
@@ -253,6 +258,9 @@ class TrainConfig:
     need(not self.tensorboard or importlib.util.find_spec("tensorboardX") is not None,
          "--tensorboard true needs tensorboardX; pip install 'capsjax[tensorboard]'.")
     spec = self.model_spec
+    need(not self.assignments_per_parent_type or spec.routers is MATRIX_ROUTERS,
+         f"--assignments_per_parent_type is an option of matrix capsules; --model "
+         f"{self.model} has none (use --model matrix_capsnet).")
     reason = spec.mismatch(data)
     need(reason is None, f"--model {self.model} {reason}; pick another --dataset or --model.")
     try:
