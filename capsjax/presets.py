@@ -128,7 +128,7 @@ _preset("multimnist_official", dict(
 
 _preset("efficient_capsnet_mnist", dict(
     model="efficient_capsnet", dataset="mnist_augmented", batch_size=16, epochs=150, lr=5e-4,
-    lr_decay_rate=0.97, lr_decay_steps=3750, lr_staircase=True, lr_min=5e-5,
+    lr_decay_rate=0.97, lr_decay_steps=3750, lr_staircase=True, lr_min=5e-5, adam_eps=1e-7,
     recon_weight=0.0005, eval_every=3750, checkpoint_every=3750, eval_batch_size=500,
     data_source="bundled"),
   """Efficient-CapsNet on MNIST, the official protocol: Adam 5e-4 x 0.97^epoch, held for

@@ -195,6 +195,32 @@ def test_preset_learning_rate_is_held_for_each_epoch_as_the_official_schedule():
       assert float(schedule(update)) == pytest.approx(expected, rel=1e-5), (epoch, update)
 
 
+def test_preset_adam_epsilon_pixel_scale_and_decoder_initialisers_are_keras():
+  from capsjax.presets import PRESETS
+  from capsjax.training import make_optimizer
+  config = TrainConfig(**{**PRESETS.get("efficient_capsnet_mnist").values, "test_subset": 20})
+  # Adam's first update is -lr g / (|g| + eps): for |g| = eps = 1e-7, half the rate.
+  tx = make_optimizer(config)
+  params = {"w": jnp.zeros(2)}
+  updates, _ = tx.update({"w": jnp.array([1e-7, -1.0])}, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-5e-4 * 0.5, 5e-4 / (1 + 1e-7)], rtol=1e-5)
+  # Pixels / 256, as the official pre-processing, in training and test.
+  from capsjax.data import load_mnist
+  train, test = config.data.build(config)
+  images, _ = load_mnist("test", source="bundled")
+  np.testing.assert_array_equal(next(test.batches(20))["image"][..., 0],
+                                images[:20].astype(np.float32) / 256)
+  assert train.pixel_scale == 1 / 256
+  # Decoder: He normal (stddev sqrt(2 / fan_in)) for fc1 and fc2, Glorot normal
+  # (sqrt(2 / (fan_in + fan_out))) for fc3; Keras' truncated normals keep the stddev.
+  model = make_model(config)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  for name, expected in (("fc1", (2 / 160) ** 0.5), ("fc2", (2 / 512) ** 0.5),
+                         ("fc3", (2 / (1024 + 784)) ** 0.5)):
+    kernel = np.asarray(params["decoder"][name]["kernel"])
+    assert np.std(kernel) == pytest.approx(expected, rel=0.03), name
+
+
 def test_squish_width_and_offset_follow_the_official_distributions():
   # The official squish: w = floor(7 a) + 1 columns narrower, placed w // 2 +
   # floor(2 b) columns from the left, a and b each min(|N(0, 0.33)|, 0.9999).

@@ -302,6 +302,7 @@ BAD_FLAGS = [
     (["--lr_decay_rate", "1.5"], "--lr_decay_rate must be in (0, 1]"),
     (["--lr_decay_steps", "-5"], "--lr_decay_steps must be >= 0"),
     (["--recon_weight", "-1"], "--recon_weight must be >= 0"),
+    (["--adam_eps", "0"], "--adam_eps must be > 0 (got 0.0); optax's is 1e-8"),
     (["--eval_every", "-1"], "--eval_every must be >= 0"),
     (["--checkpoint_every", "0"], "--checkpoint_every"),
     (["--keep_checkpoints", "0"], "--keep_checkpoints"),

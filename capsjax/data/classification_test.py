@@ -17,11 +17,14 @@ class ClassificationTest:
     images: uint8 ``(N, H, W)`` or ``(N, H, W, C)``.
     labels: int ``(N,)`` in ``[0, num_classes)``.
     num_classes: the number of classes (the width of ``multi_hot``).
+    pixel_scale: uint8 pixels are multiplied by it (1/255: [0, 1]).
   """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int = 10):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int = 10,
+               pixel_scale: float = 1 / 255):
     self.images, self.labels = as_nhwc(images, labels)
     self.num_classes = num_classes
+    self.pixel_scale = pixel_scale
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -30,4 +33,5 @@ class ClassificationTest:
     """All examples in order; the last batch may be short."""
     for start in range(0, len(self), batch_size):
       sl = slice(start, start + batch_size)
-      yield classification_batch(self.images[sl], self.labels[sl], self.num_classes)
+      yield classification_batch(self.images[sl], self.labels[sl], self.num_classes,
+                                 self.pixel_scale)

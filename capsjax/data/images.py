@@ -44,15 +44,16 @@ def place(images: np.ndarray, offsets_y: np.ndarray, offsets_x: np.ndarray,
   return canvas
 
 
-def to_float(x: np.ndarray) -> np.ndarray:
-  """uint8 -> float32 in [0, 1]."""
-  return x.astype(np.float32) * np.float32(1 / 255)
+def to_float(x: np.ndarray, scale: float = 1 / 255) -> np.ndarray:
+  """uint8 -> float32 ``x * scale`` (in [0, 1] for the default 1/255)."""
+  return x.astype(np.float32) * np.float32(scale)
 
 
-def classification_batch(images: np.ndarray, labels: np.ndarray,
-                         num_classes: int) -> dict[str, np.ndarray]:
-  """One label per example: uint8 ``(B, H, W, C)`` and ``(B,)`` -> the batch layout."""
-  return labelled_batch(to_float(images), labels, num_classes)
+def classification_batch(images: np.ndarray, labels: np.ndarray, num_classes: int,
+                         scale: float = 1 / 255) -> dict[str, np.ndarray]:
+  """One label per example: uint8 ``(B, H, W, C)`` and ``(B,)`` -> the batch layout
+  (pixels times ``scale``)."""
+  return labelled_batch(to_float(images, scale), labels, num_classes)
 
 
 def labelled_batch(image: np.ndarray, labels: np.ndarray,

@@ -81,9 +81,11 @@ def _single_label(name: str, config):
 
 
 def _augmented_mnist(config):
+  # Pixels / 256, as the official Efficient-CapsNet pre-processing.
   (train_x, train_y), (test_x, test_y) = _idx_splits("mnist", config)
-  return (AugmentedImages(train_x, train_y, seed=config.seed, augment=efficient_capsnet_augment),
-          ClassificationTest(test_x, test_y))
+  return (AugmentedImages(train_x, train_y, seed=config.seed, augment=efficient_capsnet_augment,
+                          pixel_scale=1 / 256),
+          ClassificationTest(test_x, test_y, pixel_scale=1 / 256))
 
 
 def _multimnist(config):
@@ -107,7 +109,7 @@ DATASETS.register("fashion_mnist", DatasetSpec(
 DATASETS.register("mnist_augmented", DatasetSpec(
     (28, 28, 1), 10, 1, 3750, _augmented_mnist,
     "MNIST with Efficient-CapsNet's augmentation: rotation, shift within the margins, width "
-    "squish, erasure (decay period: one epoch of batch 16)"))
+    "squish, erasure; pixels / 256 (decay period: one epoch of batch 16)"))
 def _smallnorb(config):
   train_x, train_y = load_smallnorb("train")
   test_x, test_y = _test_subset(*load_smallnorb("test"), config)

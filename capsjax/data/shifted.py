@@ -78,18 +78,20 @@ class ShiftedImages(TrainingImages):
 
 class AugmentedImages(TrainingImages):
   """A grey training split through an augmentation ``augment(images, seed, index)``
-  of float ``(N, H, W)`` images in [0, 1] (e.g.
+  of float ``(N, H, W)`` images, the uint8 pixels times ``pixel_scale`` (e.g.
   :func:`capsjax.data.augment.efficient_capsnet_augment`); the reconstruction
   target is the augmented image."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, seed: int,
                augment: Callable[[np.ndarray, int, np.ndarray], np.ndarray],
-               num_classes: int = 10):
+               num_classes: int = 10, pixel_scale: float = 1 / 255):
     super().__init__(images, labels, seed=seed, num_classes=num_classes)
     if self.images.shape[-1] != 1:
       raise ValueError(f"AugmentedImages takes grey images; got {self.images.shape[1:]}.")
     self.augment = augment
+    self.pixel_scale = pixel_scale
 
   def transform(self, images: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``augment`` of the grey images, with a channel axis."""
-    return self.augment(to_float(images[..., 0]), self.seed, index)[..., None]
+    return self.augment(to_float(images[..., 0], self.pixel_scale), self.seed,
+                        index)[..., None]

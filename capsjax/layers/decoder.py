@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from capsjax.layers.convolution import Dtype
+from capsjax.layers.convolution import Dtype, Initializer
 
 __all__ = ["Decoder", "mask_capsules"]
 
@@ -23,13 +23,16 @@ class Decoder(nn.Module):
   width: int
   channels: int = 1
   dtype: Dtype = jnp.float32
+  hidden_init: Initializer = nn.linear.default_kernel_init  # of fc1, fc2 (LeCun normal)
+  output_init: Initializer = nn.linear.default_kernel_init  # of fc3
 
   @nn.compact
   def __call__(self, masked_caps: jax.Array) -> jax.Array:
     x = masked_caps.reshape(*masked_caps.shape[:-2], -1)
-    x = nn.relu(nn.Dense(512, dtype=self.dtype, name="fc1")(x))
-    x = nn.relu(nn.Dense(1024, dtype=self.dtype, name="fc2")(x))
-    x = nn.Dense(self.height * self.width * self.channels, dtype=self.dtype, name="fc3")(x)
+    x = nn.relu(nn.Dense(512, dtype=self.dtype, kernel_init=self.hidden_init, name="fc1")(x))
+    x = nn.relu(nn.Dense(1024, dtype=self.dtype, kernel_init=self.hidden_init, name="fc2")(x))
+    x = nn.Dense(self.height * self.width * self.channels, dtype=self.dtype,
+                 kernel_init=self.output_init, name="fc3")(x)
     x = nn.sigmoid(x)
     return x.reshape(*x.shape[:-1], self.height, self.width, self.channels).astype(jnp.float32)
 

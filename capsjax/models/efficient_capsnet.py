@@ -112,7 +112,9 @@ class EfficientCapsNet(nn.Module):
   @nn.nowrap
   def make_decoder(self, height: int, width: int, channels: int = 1) -> Decoder:
     """The decoder module; its parameters are ``params["decoder"]``."""
-    return Decoder(height, width, channels, self.dtype, name="decoder")
+    # The official initialisers: He normal for the hidden layers, Glorot normal out.
+    return Decoder(height, width, channels, self.dtype, hidden_init=_HE_NORMAL,
+                   output_init=nn.initializers.glorot_normal(), name="decoder")
 
 
 def build_efficient_capsnet(config, dataset) -> EfficientCapsNet:

@@ -36,7 +36,7 @@ IDENTITY_FIELDS = (
     "model", "dataset", "routing", "routing_iters", "batch_size", "lr", "lr_decay_rate",
     "lr_decay_steps", "lr_staircase", "lr_min", "recon_weight", "seed", "precision",
     "stop_gradient_inner", "digit_caps_init", "primary_caps_scale", "model_size",
-    "margin_ramp_steps", "assignments_per_parent_type",
+    "margin_ramp_steps", "assignments_per_parent_type", "adam_eps",
 )
 
 # What a config.json written before a field existed was trained with; used
@@ -45,7 +45,7 @@ IDENTITY_FIELDS = (
 VALUES_BEFORE_THE_FIELD = {"digit_caps_init": 0.1, "primary_caps_scale": 1.0,
                            "model": "capsnet", "routing": "dynamic", "model_size": "small",
                            "margin_ramp_steps": 20_000, "lr_staircase": False,
-                           "assignments_per_parent_type": False}
+                           "assignments_per_parent_type": False, "adam_eps": 1e-8}
 
 
 class ConfigError(ValueError):
@@ -81,6 +81,7 @@ class TrainConfig:
                             "then multiply it by --lr_decay_rate (a step function, as a "
                             "per-epoch Keras schedule) instead of decaying it continuously")
   lr_min: float = flag(1e-6, "floor of the learning rate")
+  adam_eps: float = flag(1e-8, "Adam's epsilon (optax's default; Keras' is 1e-7)")
   recon_weight: float = flag(0.0005, "weight of the reconstruction SSE in the loss")
   seed: int = flag(0, "seed of initialisation and data order")
   workdir: str = flag("", "directory for checkpoints, metrics and pictures (default: "
@@ -230,6 +231,7 @@ class TrainConfig:
     need(self.lr_decay_steps >= 0,
          f"--lr_decay_steps must be >= 0 (got {self.lr_decay_steps}; 0: the dataset's).")
     need(self.recon_weight >= 0, "--recon_weight must be >= 0.")
+    need(self.adam_eps > 0, f"--adam_eps must be > 0 (got {self.adam_eps}); optax's is 1e-8.")
     need(self.digit_caps_init > 0,
          f"--digit_caps_init must be > 0 (got {self.digit_caps_init}); try 0.1 or 0.01.")
     need(self.primary_caps_scale > 0,

@@ -68,8 +68,8 @@ def make_schedule(config: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """Adam on :func:`make_schedule`."""
-  return optax.adam(make_schedule(config))
+  """Adam on :func:`make_schedule`, with ``config.adam_eps``."""
+  return optax.adam(make_schedule(config), eps=config.adam_eps)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
