@@ -78,7 +78,8 @@ class ModelSpec:
 MODELS: Registry[ModelSpec] = Registry("model", "capsjax.models.MODELS")
 
 
-# Router options a config can set: config field -> the router's keyword.
+# Router options a config can set: boolean config fields, passed to the router
+# under the same name when true.
 ROUTER_OPTIONS = ("stop_gradient_inner",)
 
 

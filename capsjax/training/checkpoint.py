@@ -53,7 +53,7 @@ class Checkpointer:
 
   def save(self, step: int, state) -> None:
     """Writes ``state`` as checkpoint ``step`` (atomically: tmp dir, then rename)."""
-    if step in self._manager.all_steps():
+    if step in self.all_steps():
       return
     self._manager.save(step, args=ocp.args.StandardSave(_on_disk(state)))
     self._manager.wait_until_finished()

@@ -48,6 +48,11 @@ class RunLog:
         if name not in ("step", "split") and isinstance(value, (int, float)):
           self._writer.add_scalar(f"{record['split']}/{name}", value, record["step"])
 
+  def logged_steps(self, split: str) -> set[int]:
+    """The steps with a whole ``split`` record in ``metrics.jsonl``."""
+    return {record["step"] for _, record in _records(self.path)
+            if record is not None and record.get("split") == split}
+
   def pictures(self, paths: list[pathlib.Path], step: int) -> None:
     """Adds the PNG files ``paths`` to the TensorBoard log as images at ``step``."""
     if self._writer is None:
@@ -62,16 +67,22 @@ class RunLog:
       self._writer.close()
 
 
-def _truncate(path: pathlib.Path, last_step: int) -> None:
-  """Keeps the whole records of ``path`` up to ``last_step``; atomic (tmp, rename)."""
+def _records(path: pathlib.Path):
+  """``(line, record)`` for each line of ``path``; record None for a torn line."""
   if not path.exists():
     return
-  kept, changed = [], False
   for line in path.read_text().splitlines(keepends=True):
     try:
       record = json.loads(line) if line.endswith("\n") else None
     except json.JSONDecodeError:
       record = None
+    yield line, record
+
+
+def _truncate(path: pathlib.Path, last_step: int) -> None:
+  """Keeps the whole records of ``path`` up to ``last_step``; atomic (tmp, rename)."""
+  kept, changed = [], False
+  for line, record in _records(path):
     if record is not None and record.get("step", 0) <= last_step:
       kept.append(line)
     else:

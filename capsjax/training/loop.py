@@ -138,21 +138,6 @@ def _model_and_state(config: TrainConfig, mesh, checkpoints: Checkpointer):
   return model, tx, state
 
 
-def _logged_test_steps(workdir: pathlib.Path) -> set[int]:
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return set()
-  steps = set()
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if record.get("split") == "test":
-      steps.add(record.get("step"))
-  return steps
-
-
 def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   """Trains (or resumes) according to ``config``; returns the summary record."""
   config.initialize_distributed()
@@ -288,7 +273,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     checkpoints.close()
     return summary
   if start == total_steps:  # nothing left to train: evaluate what is there
-    if total_steps in _logged_test_steps(workdir):
+    if total_steps in run_log.logged_steps("test"):
       summary.update(evaluate(eval_step, variables_of(state), test_data, mesh,
                               config.eval_batch_size))
     else:  # the run was stopped between its last checkpoint and that evaluation's record
