@@ -550,6 +550,25 @@ def _group_gone(pgid, timeout=5.0) -> bool:
   return False
 
 
+def _data_workers(parent: int) -> list[int]:
+  """The spawned worker processes of ``parent``, read from ``/proc/<pid>/stat`` (the
+  fourth field is the parent pid). Processes and threads come and go while the
+  run trains, so entries that vanish mid-scan are skipped."""
+  workers = []
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      stat = open(f"/proc/{entry}/stat").read()
+      cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+    except OSError:
+      continue
+    ppid = int(stat.rsplit(")", 1)[1].split()[1])
+    if ppid == parent and b"spawn_main" in cmdline:
+      workers.append(int(entry))
+  return workers
+
+
 def _shm():
   return set(os.listdir("/dev/shm"))
 
@@ -589,9 +608,7 @@ def test_a_data_worker_that_dies_stops_the_run_with_one_line(tmp_path, toys):
   before = _shm()
   proc = _start_worker_run(tmp_path, workdir, steps=10 ** 6, checkpoint_every=2)
   _wait_for_steps(proc, workdir, 5)
-  children = [int(pid) for task in os.listdir(f"/proc/{proc.pid}/task")
-              for pid in open(f"/proc/{proc.pid}/task/{task}/children").read().split()]
-  workers = [pid for pid in children if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+  workers = _data_workers(proc.pid)
   assert len(workers) == 2
   os.kill(workers[0], signal.SIGKILL)
   killed = time.time()
