@@ -9,6 +9,9 @@ matmul timed just before each row (shared machines drift within a run);
 
   python benchmarks/bench_train_step.py                       # table
   python benchmarks/bench_train_step.py --torch               # + PyTorch peer, ratio
+  python benchmarks/bench_train_step.py --model efficient_capsnet --sizes 28 --routing 1 \
+      --batch_sizes 16 --steps_per_call 1,10 --torch --keras Efficient-CapsNet \
+      --peer_python peers/bin/python                        # + the authors' Keras model
   python benchmarks/bench_train_step.py --sizes 28 --batch_sizes 128 --json
   python benchmarks/bench_train_step.py --conv_impl xla       # native conv (slow on CPU)
   python benchmarks/bench_train_step.py --model efficient_capsnet --sizes 28 --routing 1
@@ -135,14 +138,13 @@ def bench_one(size: int, routing_iters: int, batch_size: int, precision: str,
   }
 
 
-def run_torch(size, routing_iters, batch_size, steps, warmup) -> dict | None:
-  script = pathlib.Path(__file__).with_name("peer_torch.py")
-  proc = subprocess.run(
-      [sys.executable, str(script), "--size", str(size), "--routing_iters", str(routing_iters),
-       "--batch_size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup), "--json"],
-      capture_output=True, text=True, check=False)
+def run_peer(python: str, script: str, *args) -> dict | None:
+  """One row of a peer benchmark (``peer_torch.py``, ``peer_keras.py``) run by ``python``."""
+  path = pathlib.Path(__file__).with_name(script)
+  proc = subprocess.run([python, str(path), *map(str, args), "--json"],
+                        capture_output=True, text=True, check=False)
   if proc.returncode != 0:
-    print(f"peer_torch failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    print(f"{script} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
     return None
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -166,8 +168,16 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--torch", action="store_true", help="also time benchmarks/peer_torch.py")
+  parser.add_argument("--keras", metavar="DIR", default="",
+                      help="also time the authors' Keras Efficient-CapsNet (benchmarks/"
+                           "peer_keras.py) from DIR, a checkout of EscVM/Efficient-CapsNet")
+  parser.add_argument("--peer_python", default=sys.executable,
+                      help="the Python that runs the peers (one with torch, tensorflow, tf_keras)")
   parser.add_argument("--json", action="store_true", help="print one JSON line per row")
   args = parser.parse_args()
+  if args.keras and args.model != "efficient_capsnet":
+    parser.error("--keras times the authors' Efficient-CapsNet: use it with "
+                 "--model efficient_capsnet.")
 
   conv = args.conv_impl if args.conv_impl != "auto" else default_conv_impl()
   print(f"# {args.model}; {jax.default_backend()} x{jax.device_count()} "
@@ -177,8 +187,9 @@ def main():
             f"{'step ms':>9} {'img/s':>9} {'GFLOP/img':>9} {'GFLOP/s':>9} {'peak':>6} {'MFU':>6}")
   if args.peak_tflops:
     header += f" {'MFU chip':>8}"
-  if args.torch:
-    header += f" {'torch img/s':>11} {'ratio':>6}"
+  peers = (["torch"] if args.torch else []) + (["keras"] if args.keras else [])
+  for peer in peers:
+    header += f" {peer + ' img/s':>11} {'ratio':>6}"
   if not args.json:
     print(header, flush=True)
   for precision in args.precisions.split(","):
@@ -193,10 +204,15 @@ def main():
           if args.peak_tflops:
             row["chip_peak_tflop_per_s"] = args.peak_tflops
             row["mfu_chip"] = row["gflop_per_s"] / (1e3 * args.peak_tflops)
-          if args.torch:
-            peer = run_torch(size, r, b, args.steps, args.warmup)
-            row["torch_images_per_s"] = peer and peer["images_per_s"]
-            row["ratio_vs_torch"] = peer and row["images_per_s"] / peer["images_per_s"]
+          for peer in peers:
+            common = ("--batch_size", b, "--steps", args.steps * k, "--warmup", args.warmup)
+            result = (run_peer(args.peer_python, "peer_torch.py", "--model", args.model,
+                               "--size", size, "--routing_iters", r, *common)
+                      if peer == "torch" else
+                      run_peer(args.peer_python, "peer_keras.py", "--official_dir", args.keras,
+                               *common))
+            row[f"{peer}_images_per_s"] = result and result["images_per_s"]
+            row[f"ratio_vs_{peer}"] = result and row["images_per_s"] / result["images_per_s"]
           if args.json:
             print(json.dumps(row), flush=True)
             continue
@@ -206,9 +222,10 @@ def main():
                   f"{peak:>6.0f} {100 * row['mfu']:>5.1f}%")
           if args.peak_tflops:
             line += f" {100 * row['mfu_chip']:>7.2f}%"
-          if args.torch:
-            tip = row["torch_images_per_s"]
-            line += (f" {tip:>11.1f} {row['ratio_vs_torch']:>5.2f}x" if tip else "  (failed)")
+          for peer in peers:
+            rate = row[f"{peer}_images_per_s"]
+            line += (f" {rate:>11.1f} {row[f'ratio_vs_{peer}']:>5.2f}x" if rate
+                     else f" {'(failed)':>18}")
           print(line, flush=True)
 
 

@@ -1,10 +1,14 @@
-"""The same CapsNet train step in PyTorch (CPU), timed like bench_train_step.py.
+"""The same train steps in PyTorch (CPU), timed like bench_train_step.py.
 
-Same architecture (Conv1, PrimaryCaps, DigitCaps with W_ij, dynamic routing,
-decoder), margin + 0.0005 x reconstruction loss, Adam. torch is an optional
-extra, never a dependency of capsjax: ``pip install torch==2.13.0``.
+``--model capsnet``: Conv1, PrimaryCaps, DigitCaps with W_ij, dynamic routing,
+decoder; margin + 0.0005 x reconstruction loss, Adam.
+``--model efficient_capsnet``: Efficient-CapsNet written from the paper (four
+convolutions with ReLU and BatchNorm, depthwise primary capsules, exp-squash,
+self-attention routing with its bias, decoder); margin + 0.0005 x SSE, Adam.
+torch is an optional extra, never a dependency of capsjax: ``pip install torch==2.13.0``.
 
   python benchmarks/peer_torch.py --size 28 --batch_size 32 [--json]
+  python benchmarks/peer_torch.py --model efficient_capsnet --batch_size 16
 """
 import argparse
 import json
@@ -52,6 +56,41 @@ class CapsNet(nn.Module):
     return lengths, recon
 
 
+def exp_squash(s, dim=-1):
+  n = s.norm(dim=dim, keepdim=True)
+  return -torch.expm1(-n) * s / n.clamp_min(1e-20)
+
+
+class EfficientCapsNet(nn.Module):
+  """Efficient-CapsNet for 28x28 MNIST, NHWC-free: torch's NCHW with oneDNN."""
+
+  def __init__(self):
+    super().__init__()
+    layers, channels = [], 1
+    for features, kernel, stride in ((32, 5, 1), (64, 3, 1), (64, 3, 1), (128, 3, 2)):
+      layers += [nn.Conv2d(channels, features, kernel, stride), nn.ReLU(),
+                 nn.BatchNorm2d(features, eps=1e-3, momentum=0.01)]
+      channels = features
+    self.features = nn.Sequential(*layers)
+    self.primary = nn.Conv2d(128, 128, 9, groups=128)      # (B, 128, 1, 1) -> 16 x 8
+    self.W = nn.Parameter(0.05 * torch.randn(16, 10, 8, 16))
+    self.b = nn.Parameter(torch.zeros(16, 10))
+    self.decoder = nn.Sequential(nn.Linear(160, 512), nn.ReLU(), nn.Linear(512, 1024), nn.ReLU(),
+                                 nn.Linear(1024, 784), nn.Sigmoid())
+
+  def forward(self, x, labels):
+    u = exp_squash(self.primary(self.features(x)).view(x.shape[0], 16, 8))
+    u_hat = torch.einsum("bid,ijdk->bijk", u, self.W)            # (B, 16, 10, 16)
+    # Self-attention: each input capsule's agreement with all the others, per class.
+    agreement = torch.einsum("bijk,bljk->bij", u_hat, u_hat) / 4.0
+    c = agreement.softmax(dim=-1) + self.b            # over the classes
+    v = exp_squash(torch.einsum("bij,bijk->bjk", c, u_hat))
+    lengths = v.norm(dim=-1)
+    masks = F.one_hot(labels, 10).float()
+    recon = self.decoder((masks[..., None] * v[:, None]).flatten(2))
+    return lengths, recon
+
+
 def train_step_fn(model, opt):
   def step(images, labels, multi_hot, components):
     lengths, recon = model(images, labels)
@@ -68,6 +107,7 @@ def train_step_fn(model, opt):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--model", choices=("capsnet", "efficient_capsnet"), default="capsnet")
   parser.add_argument("--size", type=int, default=28)
   parser.add_argument("--routing_iters", type=int, default=3)
   parser.add_argument("--batch_size", type=int, default=32)
@@ -77,7 +117,8 @@ def main():
   args = parser.parse_args()
   torch.manual_seed(0)
   k = 2 if args.size == 36 else 1
-  model = CapsNet(args.size, args.routing_iters, k)
+  model = (EfficientCapsNet() if args.model == "efficient_capsnet"
+           else CapsNet(args.size, args.routing_iters, k))
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   step = train_step_fn(model, opt)
   b = args.batch_size
@@ -94,10 +135,11 @@ def main():
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times)
   row = {"framework": f"torch {torch.__version__}", "threads": torch.get_num_threads(),
+         "model": args.model,
          "size": args.size, "routing_iters": args.routing_iters, "batch_size": b,
          "step_s": step_s, "images_per_s": b / step_s}
   print(json.dumps(row) if args.json else
-        f"torch size {args.size} r{args.routing_iters} batch {b}: "
+        f"torch {args.model} size {args.size} r{args.routing_iters} batch {b}: "
         f"{1e3 * step_s:.1f} ms/step, {b / step_s:.1f} images/s")
 
 

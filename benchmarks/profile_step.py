@@ -2,6 +2,7 @@
 
   python benchmarks/profile_step.py                     # 28x28, 3 iterations, batch 128
   python benchmarks/profile_step.py --size 36 --batch_size 32 --top 20
+  python benchmarks/profile_step.py --model efficient_capsnet --routing_iters 1 --batch_size 16
 
 Traces a few steps of the benchmark's compiled train step with ``jax.profiler``
 (a Perfetto trace is kept in ``--log_dir`` for a closer look), then adds up the
@@ -46,6 +47,7 @@ def op_durations(trace_file: pathlib.Path) -> collections.Counter:
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", default="capsnet", help="a name in capsjax.models.MODELS")
   parser.add_argument("--size", type=int, default=28)
   parser.add_argument("--routing_iters", type=int, default=3)
   parser.add_argument("--batch_size", type=int, default=128)
@@ -56,7 +58,7 @@ def main():
   args = parser.parse_args()
 
   compiled, state, batch, _, _ = build_step(args.size, args.routing_iters, args.batch_size,
-                                            args.precision)
+                                            args.precision, model=args.model)
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   log_dir = args.log_dir or tempfile.mkdtemp(prefix="capsjax_profile_")
@@ -72,7 +74,7 @@ def main():
   kinds = collections.Counter()
   for name, us in ops.items():
     kinds[name.split(".")[0]] += us
-  print(f"# {jax.default_backend()}: {args.size}x{args.size}, {args.routing_iters} iterations, "
+  print(f"# {args.model}, {jax.default_backend()}: {args.size}x{args.size}, {args.routing_iters} iterations, "
         f"batch {args.batch_size}, {args.precision}; {total / 1e3 / args.steps:.0f} ms of op "
         f"time per step; trace in {trace_file}")
   for title, table in (("op kind", kinds), ("op", ops)):

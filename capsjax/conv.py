@@ -32,9 +32,13 @@ def _extract_patches(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
   The feature order is ``(ky, kx, c)``, matching a ``(kh, kw, C, O)`` kernel
   reshaped to ``(kh * kw * C, O)``.
   """
-  _, h, w, _ = x.shape
+  b, h, w, c = x.shape
   out_h = (h - kh) // stride + 1
   out_w = (w - kw) // stride + 1
+  if out_h == out_w == 1:
+    # One window (e.g. a kernel as large as the input): the patch is the
+    # window itself in (ky, kx, c) order, a reshape rather than kh * kw slices.
+    return x[:, :kh, :kw, :].reshape(b, 1, 1, kh * kw * c)
   taps = [
       x[:, ky:ky + stride * (out_h - 1) + 1:stride,
         kx:kx + stride * (out_w - 1) + 1:stride, :]

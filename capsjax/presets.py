@@ -130,7 +130,7 @@ _preset("efficient_capsnet_mnist", dict(
     model="efficient_capsnet", dataset="mnist_augmented", batch_size=16, epochs=150, lr=5e-4,
     lr_decay_rate=0.97, lr_decay_steps=3750, lr_staircase=True, lr_min=5e-5, adam_eps=1e-7,
     recon_weight=0.0005, eval_every=3750, checkpoint_every=3750, eval_batch_size=500,
-    data_source="bundled"),
+    data_source="bundled", steps_per_call=10),
   """Efficient-CapsNet on MNIST, the official protocol: Adam 5e-4 x 0.97^epoch, held for
   each epoch (floored at 5e-5, as the official code), batch 16, 150 epochs, margin loss +
   0.0005 x SSE, the official augmentation; test accuracy after every epoch.

@@ -11,6 +11,7 @@ from capsjax.conv import conv2d, default_conv_impl, depthwise_conv2d
     pytest.param((2, 20, 20, 16), (9, 9, 16, 24), 2, marks=pytest.mark.slow),  # PrimaryCaps-like
     pytest.param((2, 28, 28, 1), (9, 9, 1, 8), 1, marks=pytest.mark.slow),     # Conv1-like
     ((3, 11, 13, 4), (3, 5, 4, 6), 3),      # odd sizes
+    ((2, 10, 10, 3), (9, 9, 3, 5), 2),      # one window, not the whole input
 ])
 def test_im2col_equals_xla_conv(shape, kernel, stride):
   kx, kk, kc = jax.random.split(jax.random.key(0), 3)
@@ -45,6 +46,7 @@ def test_bad_arguments_are_clear():
 @pytest.mark.parametrize("shape,kernel,stride", [
     ((2, 9, 9, 128), (9, 9, 1, 128), 1),    # Efficient-CapsNet's primary capsules
     ((3, 11, 13, 4), (3, 5, 1, 4), 2),      # odd sizes
+    ((2, 10, 11, 4), (9, 9, 1, 4), 3),      # one window, not the whole input
 ])
 def test_depthwise_im2col_equals_xla_conv(shape, kernel, stride):
   kx, kk, kc = jax.random.split(jax.random.key(1), 3)
