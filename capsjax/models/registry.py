@@ -42,6 +42,8 @@ class ModelSpec:
       optimizer step (a scalar array), for losses with a schedule.
     collections: variable collections besides ``params`` that the model
       updates in training (``("batch_stats",)`` for BatchNorm).
+    rngs: the PRNG streams the model draws from in training (``("dropout",)``);
+      the train step derives each from the seed, the step and the device.
     image_shape: the ``(H, W, C)`` it needs, or None for any.
     num_classes: the number of classes it needs, or None for any.
     max_labels: the most labels per example it handles, or None for any.
@@ -55,6 +57,7 @@ class ModelSpec:
   build: Callable[[Any, Any], nn.Module]
   loss: Callable[[Any, Batch, Any], tuple[jax.Array, dict[str, jax.Array]]]
   collections: tuple[str, ...] = ()
+  rngs: tuple[str, ...] = ()
   image_shape: tuple[int, int, int] | None = None
   num_classes: int | None = None
   max_labels: int | None = None

@@ -24,7 +24,7 @@ from capsjax.mesh import DATA_AXIS, make_mesh, shard_batch
 from capsjax.training.config import TrainConfig
 
 __all__ = [
-    "TrainState", "make_model", "make_schedule", "make_optimizer", "init_state", "loss_fn",
+    "TrainState", "training_key", "make_model", "make_schedule", "make_optimizer", "init_state", "loss_fn",
     "make_mesh", "make_train_step", "make_eval_step", "shard_batch", "variables_of", "STEP_LIMIT",
 ]
 
@@ -82,19 +82,32 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
                     model_state=variables)
 
 
+def training_key(seed: int, step, device=0) -> jax.Array:
+  """The PRNG key of a model's random layers (dropout) at optimizer ``step`` on
+  data-parallel ``device``: a pure function of them, so a resumed run draws
+  the same masks."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), device)
+
+
 def loss_fn(params, model_state, model: nn.Module, batch: Batch, config: TrainConfig,
-            step=0):
+            step=0, key: jax.Array | None = None):
   """The model's loss (its :class:`capsjax.models.ModelSpec`) at optimizer ``step``, batch mean.
 
+  ``key`` feeds the model's PRNG streams (``spec.rngs``); None:
+  :func:`training_key` of the seed and ``step`` on device 0.
   Returns ``(loss, (metrics, new model_state))``.
   """
   spec = config.model_spec
   variables = {"params": params, **model_state}
+  if key is None:
+    key = training_key(config.seed, step)
+  rngs = dict(zip(spec.rngs, jax.random.split(key, len(spec.rngs)))) if spec.rngs else None
   if spec.collections:
     out, new_state = model.apply(variables, batch["image"], batch["labels"], train=True,
-                                 mutable=list(spec.collections))
+                                 mutable=list(spec.collections), rngs=rngs)
   else:
-    out, new_state = model.apply(variables, batch["image"], batch["labels"], train=True), {}
+    out, new_state = model.apply(variables, batch["image"], batch["labels"], train=True,
+                                 rngs=rngs), {}
   per_example, terms = spec.loss(out, batch, config, step)
   loss = jnp.mean(per_example)
   metrics = {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()},
@@ -126,8 +139,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
     # Each device differentiates its own copy of the parameters (its slice of
     # the batch), then the gradients are averaged explicitly: the pmap model.
     params = jax.lax.pcast(params, DATA_AXIS, to="varying")
+    key = training_key(config.seed, step, jax.lax.axis_index(DATA_AXIS))
     grads, (metrics, new_state) = jax.grad(loss_fn, has_aux=True)(
-        params, model_state, model, batch, config, step)
+        params, model_state, model, batch, config, step, key)
     return jax.lax.pmean((grads, metrics, new_state), DATA_AXIS)
 
   grads_fn = jax.shard_map(local_grads, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P()),
