@@ -167,3 +167,62 @@ _preset("matrix_capsnet_smallnorb", dict(
     python experiments/train.py --config matrix_capsnet_smallnorb
     Paper: 1.8 % test error (1.4 % with its multi-crop test). Not run here (no download).
   """)
+
+
+_preset("baseline_mnist_paper", dict(
+    model="baseline_cnn", dataset="mnist", epochs=1200, eval_every=469, **_GPU),
+  """The paper's MNIST baseline CNN (35.4M parameters) on ``mnist_paper``'s protocol.
+
+    python experiments/train.py --config baseline_mnist_paper
+    Paper: 0.39 % test error (Table 1). Sized for a GPU: ~12 img/s on 2 CPU cores.
+  """)
+
+
+_preset("baseline_multimnist_paper", dict(
+    model="baseline_cnn", dataset="multimnist", epochs=1000, test_pairs_per_digit=1,
+    eval_every=1000, **_GPU),
+  """The MultiMNIST baseline CNN (the official conv_model.py, 24.5M parameters) on
+  ``multimnist_paper``'s protocol, sigmoid cross-entropy on the two labels.
+
+    python experiments/train.py --config baseline_multimnist_paper
+    Paper: 8.1 % error (Table 1). Sized for a GPU.
+  """)
+
+
+_preset("baseline_mnist_cpu", dict(
+    model="baseline_cnn", dataset="mnist", steps=1000, batch_size=32, eval_every=0),
+  """The MNIST baseline with ``quickstart``'s data and steps, to set beside it on one CPU.
+
+    python experiments/train.py --config baseline_mnist_cpu
+  """)
+
+
+_preset("baseline_multimnist_cpu", dict(
+    model="baseline_cnn", dataset="multimnist", batch_size=32, test_pairs_per_digit=1,
+    eval_every=0, checkpoint_every=250),
+  """The MultiMNIST baseline as ``multimnist_cpu``: run it for as long as that run and
+  stop it (Ctrl-C or SIGTERM), then evaluate.
+
+    python experiments/train.py --config baseline_multimnist_cpu
+  """)
+
+
+_AFFNIST = dict(dataset="mnist40", batch_size=32, epochs=50, eval_every=1875,
+                checkpoint_every=1875, stop_at_accuracy=0.992)
+
+_preset("affnist_capsnet", dict(model="capsnet", routing_iters=3, **_AFFNIST),
+  """CapsNet on expanded MNIST (40x40), stopped at 99.2 % test accuracy, for affNIST (§5.2).
+
+    python experiments/train.py --config affnist_capsnet
+    python experiments/affnist.py      (trains this and affnist_cnn, evaluates both)
+    Paper: 79 % on affNIST after early stopping at ~99.23 % on expanded MNIST.
+  """)
+
+
+_preset("affnist_cnn", dict(model="baseline_cnn", **_AFFNIST),
+  """The 40x40 baseline CNN (13.48M parameters, CapsNet's 13.48M) as ``affnist_capsnet``.
+
+    python experiments/train.py --config affnist_cnn
+    python experiments/affnist.py
+    Paper: 66 % on affNIST after early stopping at the same expanded-MNIST accuracy.
+  """)

@@ -9,11 +9,15 @@
   shifted.py      single-label training splits: shifted or augmented examples
   classification_test.py  the test split of single-label datasets, in order
   smallnorb.py    smallNORB as the EM-routing paper uses it
+  canvas.py       digits at random positions on a larger canvas (expanded MNIST, 40x40)
+  affnist.py      affNIST's test set from its .mat files, and a synthetic approximation
   images.py       the batch layout and image helpers
   random.py       counter-based randomness and epoch order
   pipeline.py     grain feeding (thread or worker processes), blocks, padding, per-process rows
   slot_ring.py    reused shared-memory slots the worker processes write batches into
 """
+from capsjax.data.affnist import affnist_synthetic, load_affnist
+from capsjax.data.canvas import CanvasImages, place_randomly
 from capsjax.data.classification_test import ClassificationTest
 from capsjax.data.errors import DataError, MnistFileError
 from capsjax.data.mnist import load_idx_dataset, load_mnist, read_idx
@@ -26,4 +30,5 @@ from capsjax.data.shifted import ShiftedImages
 __all__ = ["DATASETS", "ClassificationTest", "DataError", "DatasetSpec", "MnistFileError",
            "MultiMNIST", "MultiMNISTTest", "ShiftedImages", "get_dataset", "load_idx_dataset",
            "load_mnist", "local_rows", "padded", "read_idx", "TrainBatches",
-           "batch_stream", "DataWorkerError"]
+           "batch_stream", "DataWorkerError", "CanvasImages", "place_randomly", "load_affnist",
+           "affnist_synthetic"]

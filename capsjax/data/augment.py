@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from capsjax.data.images import sample_bilinear
 from capsjax.data.random import normal, uniform
 
 __all__ = ["efficient_capsnet_augment"]
@@ -32,22 +33,6 @@ def _clip_normal(seed, index, stream):
   return np.clip(0.33 * normal(seed, index, stream), -0.9999, 0.9999)
 
 
-def _bilinear(images: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-  """Samples ``images (N, H, W)`` at float coordinates ``(N, H, W)``, zero outside."""
-  n, h, w = images.shape
-  y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
-  out = np.zeros(ys.shape, np.float32)
-  rows = np.arange(n)[:, None, None]
-  for dy in (0, 1):
-    for dx in (0, 1):
-      yy, xx = y0 + dy, x0 + dx
-      weight = (1 - np.abs(ys - yy)) * (1 - np.abs(xs - xx))
-      inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-      out += np.where(inside, weight * images[rows, np.clip(yy, 0, h - 1),
-                                              np.clip(xx, 0, w - 1)], 0)
-  return out
-
-
 def _rotate(images, seed, index):
   angle = np.trunc(30 * _clip_normal(seed, index, 0))          # whole degrees, as int()
   keep = _clip_normal(seed, index, 1) > 0                      # half are left as they are
@@ -57,7 +42,7 @@ def _rotate(images, seed, index):
   cos, sin = np.cos(theta), np.sin(theta)
   src_x = cos * (x - c) - sin * (y - c) + c
   src_y = sin * (x - c) + cos * (y - c) + c
-  return _bilinear(images, src_y, src_x)
+  return sample_bilinear(images, src_y, src_x)
 
 
 def _shift(images, seed, index):
@@ -95,7 +80,7 @@ def _squish(images, seed, index):
   inside = (j >= 0) & (j < width[:, None])
   src_x = np.where(inside, np.clip(src_x, 0, _SIZE - 1), -10.0)  # outside: zero
   y = np.arange(_SIZE)[None, :, None].astype(np.float64)
-  return _bilinear(images, np.broadcast_to(y, images.shape),
+  return sample_bilinear(images, np.broadcast_to(y, images.shape),
                    np.broadcast_to(src_x[:, None, :], images.shape))
 
 

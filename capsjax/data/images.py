@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_nhwc", "place", "to_float", "classification_batch", "labelled_batch"]
+__all__ = ["as_nhwc", "place", "to_float", "classification_batch", "labelled_batch",
+           "sample_bilinear"]
 
 
 def as_nhwc(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,3 +69,20 @@ def labelled_batch(image: np.ndarray, labels: np.ndarray,
       "multi_hot": np.eye(num_classes, dtype=np.float32)[labels],
       "components": image[:, None],
   }
+
+
+def sample_bilinear(images: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+  """Samples ``images (N, H, W)`` at float pixel coordinates ``ys, xs (N, H', W')``
+  by bilinear interpolation, zero outside; float32 ``(N, H', W')``."""
+  n, h, w = images.shape
+  y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+  out = np.zeros(ys.shape, np.float32)
+  rows = np.arange(n)[:, None, None]
+  for dy in (0, 1):
+    for dx in (0, 1):
+      yy, xx = y0 + dy, x0 + dx
+      weight = (1 - np.abs(ys - yy)) * (1 - np.abs(xs - xx))
+      inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+      out += np.where(inside, weight * images[rows, np.clip(yy, 0, h - 1),
+                                              np.clip(xx, 0, w - 1)], 0)
+  return out

@@ -14,7 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import numpy as np
+
+from capsjax.data.affnist import affnist_synthetic, load_affnist
 from capsjax.data.augment import efficient_capsnet_augment
+from capsjax.data.canvas import CanvasImages, place_randomly
 from capsjax.data.classification_test import ClassificationTest
 from capsjax.data.errors import DataError
 from capsjax.data.mnist import load_idx_dataset
@@ -24,9 +28,13 @@ from capsjax.data.smallnorb import centre_crop, load_smallnorb, smallnorb_augmen
 from capsjax.data.tfds_images import load_tfds_split, tfds_info
 from capsjax.registry import Registry
 
-__all__ = ["DatasetSpec", "DATASETS", "get_dataset", "MULTIMNIST_TEST_SEED", "TFDS_PREFIX"]
+__all__ = ["DatasetSpec", "DATASETS", "get_dataset", "MULTIMNIST_TEST_SEED", "MNIST40_TEST_SEED",
+           "AFFNIST_SYNTHETIC_SEED", "TFDS_PREFIX"]
 
-MULTIMNIST_TEST_SEED = 2017  # the test pairs do not depend on the training seed
+# Test sets drawn at random do not depend on the training seed.
+MULTIMNIST_TEST_SEED = 2017
+MNIST40_TEST_SEED = 40
+AFFNIST_SYNTHETIC_SEED = 2013
 TFDS_PREFIX = "tfds:"
 
 
@@ -42,6 +50,8 @@ class DatasetSpec:
     build: ``config -> (train, test)``; reads ``config.data_source``,
       ``mnist_dir``, ``seed``, ``test_subset`` and ``test_pairs_per_digit``.
     description: one line for ``--help`` and the docs.
+    evaluates: for a test set without a training split (its ``build`` returns
+      ``(None, test)``), the dataset to train on before evaluating on it.
   """
   image_shape: tuple[int, int, int]
   num_classes: int
@@ -49,6 +59,12 @@ class DatasetSpec:
   decay_steps: int
   build: Callable[[Any], tuple[Any, Any]]
   description: str = ""
+  evaluates: str = ""
+
+  def same_task(self, other: "DatasetSpec") -> bool:
+    """Whether a model trained on this dataset can be evaluated on ``other``."""
+    return (tuple(self.image_shape), self.num_classes, self.labels_per_example) == (
+        tuple(other.image_shape), other.num_classes, other.labels_per_example)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", "capsjax.data.DATASETS")
@@ -100,12 +116,41 @@ def _multimnist(config):
   return train, test.test_set(config.test_pairs_per_digit)
 
 
+def _mnist40(config):
+  (train_x, train_y), (test_x, test_y) = _idx_splits("mnist", config)
+  placed = place_randomly(test_x[..., None], MNIST40_TEST_SEED, np.arange(len(test_y)), 40)
+  return CanvasImages(train_x, train_y, seed=config.seed), ClassificationTest(placed, test_y)
+
+
+def _affnist_synthetic(config):
+  _, (test_x, test_y) = _idx_splits("mnist", config)
+  return None, ClassificationTest(affnist_synthetic(test_x, AFFNIST_SYNTHETIC_SEED), test_y)
+
+
+def _affnist(config):
+  return None, ClassificationTest(*_test_subset(*load_affnist(config.affnist_dir or None),
+                                                config))
+
+
 DATASETS.register("mnist", DatasetSpec(
     (28, 28, 1), 10, 1, 2000, lambda config: _single_label("mnist", config),
     "MNIST, 28x28, shifted by up to 2 px in training (the paper)"))
 DATASETS.register("fashion_mnist", DatasetSpec(
     (28, 28, 1), 10, 1, 2000, lambda config: _single_label("fashion_mnist", config),
     "Fashion-MNIST, 28x28, shifted by up to 2 px in training"))
+DATASETS.register("mnist40", DatasetSpec(
+    (40, 40, 1), 10, 1, 2000, _mnist40,
+    "expanded MNIST (the paper's §5.2): each digit at a random position on a 40x40 black "
+    "canvas, a new one each time it is drawn; the test digits at fixed random positions"))
+DATASETS.register("affnist", DatasetSpec(
+    (40, 40, 1), 10, 1, 2000, _affnist,
+    "affNIST's test set (320,000 affine-transformed MNIST test digits, 40x40) from its .mat "
+    "files (--affnist_dir); evaluation only, after training on mnist40",
+    evaluates="mnist40"))
+DATASETS.register("affnist_synthetic", DatasetSpec(
+    (40, 40, 1), 10, 1, 2000, _affnist_synthetic,
+    "an approximation of affNIST made offline: each MNIST test digit under one random "
+    "affine transformation of affNIST's ranges, 40x40; evaluation only", evaluates="mnist40"))
 DATASETS.register("mnist_augmented", DatasetSpec(
     (28, 28, 1), 10, 1, 3750, _augmented_mnist,
     "MNIST with Efficient-CapsNet's augmentation: rotation, shift within the margins, width "

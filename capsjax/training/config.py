@@ -89,8 +89,14 @@ class TrainConfig:
   data_source: str = flag("auto", "where MNIST-format data comes from: auto, tfds, idx or "
                           "bundled (MNIST only)")
   mnist_dir: str = flag("", "directory with the four IDX files (for --data_source idx)")
+  affnist_dir: str = flag("", "directory with affNIST's test.mat or test_batches/ (for "
+                          "--dataset affnist; default: tensorflow-datasets' manual "
+                          "directory, ~/tensorflow_datasets/downloads/manual/affnist)")
   eval_every: int = flag(1000, "evaluate on the test set every this many steps (0: only at "
                          "the end)")
+  stop_at_accuracy: float = flag(0.0, "end the run, with its checkpoint, at the first "
+                                "evaluation whose test accuracy (strict, on MultiMNIST) "
+                                "reaches this, e.g. 0.992 (0: never)")
   checkpoint_every: int = flag(1000, "save a checkpoint every this many steps")
   keep_checkpoints: int = flag(3, "how many recent checkpoints to keep")
   log_every: int = flag(50, "append training metrics to metrics.jsonl every this many steps")
@@ -197,6 +203,9 @@ class TrainConfig:
           f"--dataset {self.dataset!r} is unknown; use one of {', '.join(DATASETS.names())}, "
           "tfds:NAME for a prepared tensorflow-datasets dataset (or register one in "
           "capsjax.data.DATASETS).") from None
+    need(not data.evaluates,
+         f"--dataset {self.dataset} is a test set only: train on --dataset {data.evaluates}, "
+         f"then evaluate with experiments/evaluate.py --workdir DIR --dataset {self.dataset}.")
     need(self.precision in PRECISIONS,
          f"--precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}.")
     need(self.data_source in DATA_SOURCES,
@@ -242,6 +251,10 @@ class TrainConfig:
     need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
          "--checkpoint_every, --keep_checkpoints and --log_every must be >= 1.")
     need(self.eval_every >= 0, "--eval_every must be >= 0.")
+    need(0 <= self.stop_at_accuracy <= 1,
+         f"--stop_at_accuracy is a fraction in [0, 1] (got {self.stop_at_accuracy}; e.g. 0.992).")
+    need(not self.stop_at_accuracy or self.eval_every,
+         "--stop_at_accuracy is checked at each evaluation: give --eval_every > 0.")
     need(self.data_workers >= 0, f"--data_workers must be >= 0 (got {self.data_workers}).")
     k = self.steps_per_call
     need(k >= 1, f"--steps_per_call must be >= 1 (got {k}).")

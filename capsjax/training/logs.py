@@ -48,10 +48,14 @@ class RunLog:
         if name not in ("step", "split") and isinstance(value, (int, float)):
           self._writer.add_scalar(f"{record['split']}/{name}", value, record["step"])
 
+  def logged(self, split: str) -> dict[int, dict[str, Any]]:
+    """The whole ``split`` records in ``metrics.jsonl``, by step."""
+    return {record["step"]: record for _, record in _records(self.path)
+            if record is not None and record.get("split") == split}
+
   def logged_steps(self, split: str) -> set[int]:
     """The steps with a whole ``split`` record in ``metrics.jsonl``."""
-    return {record["step"] for _, record in _records(self.path)
-            if record is not None and record.get("split") == split}
+    return set(self.logged(split))
 
   def pictures(self, paths: list[pathlib.Path], step: int) -> None:
     """Adds the PNG files ``paths`` to the TensorBoard log as images at ``step``."""

@@ -8,6 +8,7 @@ data is a pure function of ``(seed, step)``; nothing else needs saving).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from capsjax.data import DataWorkerError, TrainBatches, batch_stream, local_rows, padded
 from capsjax.data.pipeline import Chunks
+from capsjax.registry import UnknownNameError
 from capsjax.training.checkpoint import Checkpointer
 from capsjax.training.config import ConfigError, TrainConfig
 from capsjax.training.logs import RunLog
@@ -164,6 +166,14 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   eval_step = make_eval_step(config.model_spec.eval_module(model), mesh)
   run_log = RunLog(workdir, config.tensorboard, resume_step=start)
   schedule = make_schedule(config)
+  target = config.stop_at_accuracy
+
+  def reached(result: dict[str, Any] | None) -> bool:
+    return bool(target and result and result["accuracy"] >= target)
+
+  stopped_at_accuracy = reached(run_log.logged("test").get(start))
+  if stopped_at_accuracy:  # stopped there by --stop_at_accuracy: nothing left to train
+    total_steps = start
 
   chunks = Chunks(start, total_steps, per_call)
   make_chunk = TrainBatches(train_data, config.batch_size, jax.process_index(),
@@ -253,20 +263,25 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
           window_start = time.perf_counter()
         if do_eval:  # before the save: a kill in between redoes both on resume
           last_eval = evaluate_and_log(step)
+          stopped_at_accuracy = reached(last_eval)
           bar.write(f"step {step}: test accuracy {100 * last_eval['accuracy']:.2f}%"
                     + (f" (per digit {100 * last_eval['per_digit_accuracy']:.2f}%)"
-                       if config.data.labels_per_example > 1 else ""))
+                       if config.data.labels_per_example > 1 else "")
+                    + (f", --stop_at_accuracy {target:g} reached: stopping"
+                       if stopped_at_accuracy else ""))
           window_start = time.perf_counter()
-        if do_save:
+        if do_save or stopped_at_accuracy:
           save(step)
         bar.update(count)
-        if stopping:
+        if stopping or stopped_at_accuracy:
           break
     except DataWorkerError as e:
       raise DataWorkerError(f"{e}; stopped, {kept()}. Rerun the same command to resume.") from e
 
   summary = {"step": step, "total_steps": total_steps, "workdir": str(workdir),
              "images_per_sec": images_per_sec, **last_eval}
+  if stopped_at_accuracy:
+    summary["stopped_at_accuracy"] = target
   if stop.signum and step < total_steps:  # a signal during the last step ends a finished run
     summary["interrupted"] = signal.Signals(stop.signum).name
     run_log.close()
@@ -287,29 +302,50 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
 
 
 def evaluate_workdir(workdir: str | os.PathLike, data_source: str | None = None,
-                     mnist_dir: str | None = None) -> dict[str, Any]:
-  """Evaluates the latest checkpoint of a workdir and (re)writes its pictures."""
+                     mnist_dir: str | None = None, dataset: str | None = None,
+                     affnist_dir: str | None = None) -> dict[str, Any]:
+  """Evaluates the latest checkpoint of a workdir and (re)writes its pictures.
+
+  With ``dataset`` the test split of another dataset of the same image shape,
+  classes and labels per example is evaluated (e.g. ``affnist`` for a run
+  trained on ``mnist40``); its pictures go to ``workdir/<dataset>/``.
+  """
   workdir = pathlib.Path(workdir)
   if not (workdir / "config.json").exists():
     raise ConfigError(f"{workdir} has no config.json; pass the --workdir of a training run.")
   config = TrainConfig.load(workdir / "config.json")
-  overrides = {}
-  if data_source:
-    overrides["data_source"] = data_source
-  if mnist_dir:
-    overrides["mnist_dir"] = mnist_dir
+  overrides = {name: value for name, value in (("data_source", data_source),
+                                               ("mnist_dir", mnist_dir),
+                                               ("affnist_dir", affnist_dir)) if value}
   config = TrainConfig.from_dict({**json.loads(config.to_json()), **overrides})
   mesh = make_mesh()
   config.validate(num_devices=mesh.size)
-  _, test_data = config.data.build(config)
+  pictures_dir = workdir
+  eval_config = config
+  if dataset and dataset != config.dataset:
+    eval_config = dataclasses.replace(config, dataset=dataset)
+    try:
+      other = eval_config.data
+    except UnknownNameError as e:
+      raise ConfigError(f"--dataset: {e}") from None
+    if not config.data.same_task(other):
+      raise ConfigError(
+          f"--dataset {dataset} has {other.image_shape} images, {other.num_classes} classes and "
+          f"{other.labels_per_example} label(s) per example; the run in {workdir} was trained "
+          f"on {config.dataset} ({config.data.image_shape}, {config.data.num_classes}, "
+          f"{config.data.labels_per_example}). Evaluate on a dataset of the same shape and "
+          "classes (e.g. affnist or affnist_synthetic for mnist40).")
+    pictures_dir = workdir / dataset.replace(":", "_")
+    pictures_dir.mkdir(exist_ok=True)
+  _, test_data = eval_config.data.build(eval_config)
   checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   if checkpoints.latest_step() is None:
     raise ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate.")
   model, _, state = _model_and_state(config, mesh, checkpoints)
   checkpoints.close()
   eval_step = make_eval_step(config.model_spec.eval_module(model), mesh)
-  result = {"step": int(state.step),
+  result = {"step": int(state.step), "dataset": eval_config.dataset,
             **evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size)}
   result["pictures"] = [str(p) for p in write_pictures(model, variables_of(state), test_data,
-                                                       workdir)]
+                                                       pictures_dir)]
   return result
