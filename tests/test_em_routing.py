@@ -413,3 +413,28 @@ def test_the_per_parent_type_flag_reaches_the_convolutional_layers():
     model = make_model(TrainConfig(model="matrix_capsnet", dataset="mnist",
                                    assignments_per_parent_type=flag))
     assert model.per_parent_type is flag
+
+
+def test_votes_values_tangents_and_gradients_against_numpy():
+  # The votes M W, their forward-mode tangent dM W + M dW and both gradients,
+  # in float64 against einsums written here.
+  from capsjax.layers.matrix import _votes
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    m, dm = rng.normal(size=(2, 3, 5, 16)), rng.normal(size=(2, 3, 5, 16))
+    w, dw = rng.normal(size=(5, 4, 4, 4)), rng.normal(size=(5, 4, 4, 4))
+    ct = rng.normal(size=(2, 3, 5, 4, 4, 4))
+
+    def ref(m, w):
+      return np.einsum("nkirq,ijqc->nkijrc", m.reshape(2, 3, 5, 4, 4), w).reshape(2, 3, 5, 4, 16)
+
+    values, tangent = jax.jvp(_votes, (jnp.asarray(m), jnp.asarray(w)),
+                              (jnp.asarray(dm), jnp.asarray(dw)))
+    np.testing.assert_allclose(values, ref(m, w), rtol=1e-12)
+    np.testing.assert_allclose(tangent, ref(dm, w) + ref(m, dw), rtol=1e-10)
+    grad_m, grad_w = jax.grad(lambda m, w: jnp.sum(_votes(m, w) * ct.reshape(2, 3, 5, 4, 16)),
+                              argnums=(0, 1))(jnp.asarray(m), jnp.asarray(w))
+    np.testing.assert_allclose(grad_m, np.einsum("nkijrc,ijqc->nkirq", ct, w).reshape(m.shape),
+                               rtol=1e-10)
+    np.testing.assert_allclose(grad_w, np.einsum("nkirq,nkijrc->ijqc", m.reshape(2, 3, 5, 4, 4),
+                                                 ct), rtol=1e-10)

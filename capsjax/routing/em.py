@@ -20,7 +20,7 @@ gradients stay finite when all votes of a parent agree, when a parent has one
 child, and when activations are 0: the E-step is in log space (log-sigmoid,
 log-softmax), the variance has a floor, and a parent with no mass sum_i R'_ij
 gets zero weights (its pose is the mean of its votes). The moments are taken
-in two passes over the votes centred on each parent's mean vote, so float32
+in one pass over the votes centred on each parent's mean vote, so float32
 routing is shift-equivariant to float32 precision.
 
 Matrix-capsule routers share one calling convention (the vector-capsule
@@ -120,44 +120,58 @@ def em_routing(
   normalise = assignments or _softmax_over_parents
   dtype = votes.dtype
   lambdas = jnp.asarray(inverse_temperature, dtype)
-  a_in = activations.astype(dtype)[..., None]                     # (..., n_in, 1)
+  a_in = activations.astype(dtype)[..., None, :]                  # (..., 1, n_in)
   beta_u = jnp.asarray(beta_u, dtype)[..., None]                  # (..., n_out, 1)
   beta_a = jnp.asarray(beta_a, dtype)
 
+  # Parent-major: each parent's votes are one contiguous (n_in, h) block, so the
+  # M-step's sums over the children are matrix-vector products and the E-step
+  # sums over h the innermost axis. (XLA folds the transpose into the votes.)
+  votes = jnp.swapaxes(votes, -3, -2)                             # (..., n_out, n_in, h)
   # EM is shift-equivariant: routing the votes in the frame of each parent's
   # mean vote gives the same result, and keeps a common offset of the votes out
   # of the float32 moments (whose cancellation grew with it). The frame carries
   # no gradient: the outputs do not depend on it.
-  centre = jax.lax.stop_gradient(jnp.mean(votes, axis=-3, keepdims=True))  # (..., 1, n_out, h)
+  centre = jax.lax.stop_gradient(jnp.mean(votes, axis=-2, keepdims=True))  # (..., n_out, 1, h)
   centred = votes - centre
+  squares = jnp.square(centred)
 
-  def m_step(r, lam):
-    weighted = r * a_in                                           # R'_ij  (..., n_in, n_out)
-    mass = jnp.sum(weighted, axis=-2)                             # (..., n_out)
+  def m_step(r, lam):                                             # r (..., n_out, n_in)
+    weighted = r * a_in                                           # R'_ij
+    mass = jnp.sum(weighted, axis=-1)                             # (..., n_out)
     # Exact weights, summing to 1 over i; a parent with no mass gets none.
-    share = weighted / jnp.where(mass > 0, mass, 1.0)[..., None, :]
-    mu = jnp.sum(share[..., None] * centred, axis=-3)             # (..., n_out, pose_dim)
-    var = jnp.sum(share[..., None] * jnp.square(centred - mu[..., None, :, :]), axis=-3)
+    share = weighted / jnp.where(mass > 0, mass, 1.0)[..., None]
+    # Both moments in one pass over the centred votes: in that frame the mean
+    # is of the order of the spread, so E[V^2] - mu^2 does not cancel.
+    mu = jnp.einsum("...ji,...jih->...jh", share, centred)        # (..., n_out, h)
+    var = jnp.maximum(jnp.einsum("...ji,...jih->...jh", share, squares) - jnp.square(mu), 0.0)
     log_var = jnp.log(var + variance_floor)
     cost = jnp.sum((beta_u + 0.5 * log_var) * mass[..., None], axis=-1)   # (..., n_out)
     logit = lam * (beta_a - cost)
     return mu, log_var, logit
 
   def e_step(mu, log_var, logit):
-    diff = centred - mu[..., None, :, :]                          # (..., n_in, n_out, h)
-    log_p = -0.5 * jnp.sum(jnp.square(diff) * jnp.exp(-log_var)[..., None, :, :]
-                           + log_var[..., None, :, :] + _LOG_2PI, axis=-1)
-    return normalise(jax.nn.log_sigmoid(logit)[..., None, :] + log_p)
+    # sum_h (V - mu)^2 / var expanded, as two matrix-vector products over the
+    # same centred votes and squares as the M-step (nothing votes-sized is written).
+    inv_var = jnp.exp(-log_var)                                   # (..., n_out, h)
+    quadratic = (jnp.einsum("...jih,...jh->...ji", squares, inv_var)
+                 - 2 * jnp.einsum("...jih,...jh->...ji", centred, mu * inv_var)
+                 + jnp.sum(jnp.square(mu) * inv_var, axis=-1)[..., None])
+    log_p = -0.5 * (jnp.maximum(quadratic, 0.0)
+                    + jnp.sum(log_var + _LOG_2PI, axis=-1)[..., None])    # (..., n_out, n_in)
+    logits = jax.nn.log_sigmoid(logit)[..., None] + log_p
+    return jnp.swapaxes(normalise(jnp.swapaxes(logits, -1, -2)), -1, -2)
 
   def body(t, r):
     return e_step(*m_step(r, lambdas[t]))
 
   # Zero logits for the uniform start, made from the votes so that XLA does not
   # spend the compilation constant-folding the normalisation.
-  r = normalise(0.0 * jax.lax.stop_gradient(votes[..., 0]))
+  r = jnp.swapaxes(normalise(0.0 * jax.lax.stop_gradient(jnp.swapaxes(votes[..., 0], -1, -2))),
+                   -1, -2)
   r = jax.lax.fori_loop(0, num_iters - 1, body, r, unroll=True)
   mu, _, logit = m_step(r, lambdas[num_iters - 1])
-  return mu + centre[..., 0, :, :], jax.nn.sigmoid(logit)
+  return mu + centre[..., 0, :], jax.nn.sigmoid(logit)
 
 
 # ----------------------------------------------------------------------------
