@@ -5,10 +5,13 @@ decoder; margin + 0.0005 x reconstruction loss, Adam.
 ``--model efficient_capsnet``: Efficient-CapsNet written from the paper (four
 convolutions with ReLU and BatchNorm, depthwise primary capsules, exp-squash,
 self-attention routing with its bias, decoder); margin + 0.0005 x SSE, Adam.
+``--model matrix_capsnet``: matrix capsules with EM routing (``peer_torch_matrix.py``),
+spread loss, Adam.
 torch is an optional extra, never a dependency of capsjax: ``pip install torch==2.13.0``.
 
   python benchmarks/peer_torch.py --size 28 --batch_size 32 [--json]
   python benchmarks/peer_torch.py --model efficient_capsnet --batch_size 16
+  python benchmarks/peer_torch.py --model matrix_capsnet --routing_iters 2 --batch_size 32
 """
 import argparse
 import json
@@ -107,7 +110,8 @@ def train_step_fn(model, opt):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--model", choices=("capsnet", "efficient_capsnet"), default="capsnet")
+  parser.add_argument("--model", choices=("capsnet", "efficient_capsnet", "matrix_capsnet"),
+                      default="capsnet")
   parser.add_argument("--size", type=int, default=28)
   parser.add_argument("--routing_iters", type=int, default=3)
   parser.add_argument("--batch_size", type=int, default=32)
@@ -117,10 +121,16 @@ def main():
   args = parser.parse_args()
   torch.manual_seed(0)
   k = 2 if args.size == 36 else 1
-  model = (EfficientCapsNet() if args.model == "efficient_capsnet"
-           else CapsNet(args.size, args.routing_iters, k))
+  if args.model == "matrix_capsnet":
+    import peer_torch_matrix  # pylint: disable=import-outside-toplevel
+    model = peer_torch_matrix.MatrixCapsNet(args.routing_iters)
+    make_step = peer_torch_matrix.train_step_fn
+  else:
+    model = (EfficientCapsNet() if args.model == "efficient_capsnet"
+             else CapsNet(args.size, args.routing_iters, k))
+    make_step = train_step_fn
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-  step = train_step_fn(model, opt)
+  step = make_step(model, opt)
   b = args.batch_size
   images = torch.rand(b, 1, args.size, args.size)
   labels = torch.stack([torch.randperm(10)[:k] for _ in range(b)])

@@ -541,15 +541,17 @@ def test_smallnorb_through_tfds_mock_data():
     train, test = spec.build(Config)
     raw = tfds.data_source("smallnorb", split="test")
     assert len(train) == 12 and len(test) == 12
-    # Test: the 96x96 image halved by 2x2 means to 48x48, then its centre 32x32.
+    # Test: the 96x96 image halved by 2x2 means to 48x48, standardised (zero mean, unit
+    # variance), then its centre 32x32.
     image = np.asarray(raw[4]["image"], np.float64)[..., 0]
-    halved = np.round(image.reshape(48, 2, 48, 2).mean(axis=(1, 3)))
+    halved = np.round(image.reshape(48, 2, 48, 2).mean(axis=(1, 3))) / 255
+    standard = (halved - halved.mean()) / max(halved.std(), 1 / 48)
     first = next(test.batches(6))
-    np.testing.assert_allclose(first["image"][4, ..., 0] * 255, halved[8:40, 8:40], atol=1e-3)
+    np.testing.assert_allclose(first["image"][4, ..., 0], standard[8:40, 8:40], atol=1e-4)
     assert first["labels"][4, 0] == int(raw[4]["label_category"])
     batch = train.batch(0, 8)
     assert batch["image"].shape == (8, CROP, CROP, 1) and batch["multi_hot"].shape == (8, 5)
-    assert batch["image"].min() >= 0 and batch["image"].max() <= 1
+    assert np.all(np.isfinite(batch["image"])) and abs(batch["image"].mean()) < 1.0
     np.testing.assert_array_equal(batch["image"], train.batch(0, 8)["image"])
 
 
@@ -562,16 +564,18 @@ def test_smallnorb_augmentation_crops_and_jitters_within_the_ranges():
   flat = np.full((200, 48, 48), 0.5)
   out = smallnorb_augment(flat, seed=1, index=index)
   assert out.shape == (200, 32, 32) and out.dtype == np.float32
-  shift = out[:, 0, 0] - 0.5            # contrast leaves a flat image flat: brightness alone
+  # A flat image standardises to 0; contrast leaves it flat: brightness alone.
+  shift = out[:, 0, 0]
   assert np.all(np.abs(shift) <= MAX_BRIGHTNESS + 1e-6) and np.ptp(shift) > MAX_BRIGHTNESS
   np.testing.assert_allclose(out, out[:, :1, :1] * np.ones((1, 32, 32)), atol=1e-6)
   # With the jitter on a ramp scaled to [0, 1]: recover where each crop came from.
   small = ramp / ramp.max() * 0.3 + 0.35
   crops = smallnorb_augment(small, seed=1, index=index)
+  step = 0.3 / ramp.max() / small[0].std()       # one pixel of the standardised ramp
   for c in crops:
     step_x, step_y = c[0, 1] - c[0, 0], c[1, 0] - c[0, 0]
     assert step_y == pytest.approx(48 * step_x, rel=1e-2)  # one window, rows of 48
-    contrast = step_x / (0.3 / ramp.max())
+    contrast = step_x / step
     assert CONTRAST_RANGE[0] - 1e-2 <= contrast <= CONTRAST_RANGE[1] + 1e-2
   np.testing.assert_array_equal(crops, smallnorb_augment(small, seed=1, index=index))
   assert not np.array_equal(crops, smallnorb_augment(small, seed=2, index=index))

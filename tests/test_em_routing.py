@@ -158,17 +158,23 @@ def test_one_iteration_gives_the_activation_weighted_mean_of_the_votes():
 
 
 def test_inverse_temperature_schedule():
-  assert inverse_temperatures(1, 0.01) == [0.01]
-  lam = inverse_temperatures(3, 0.01)
-  assert lam[-1] == pytest.approx(0.01) and lam[0] < lam[1] < lam[2]
-  # The official schedule, 0.01 (1 - 0.95^(t + 1)), up to the scale.
-  np.testing.assert_allclose(np.array(lam) / lam[-1],
-                             [0.05 / 0.142625, 0.0975 / 0.142625, 1.0], rtol=1e-6)
+  # The official schedule 0.01 (1 - 0.95^(t + 1)), by hand, is the default.
+  np.testing.assert_allclose(inverse_temperatures(3, 0.01), [0.0005, 0.000975, 0.00142625],
+                             rtol=1e-12)
+  # --scaled_inverse_temperature: the same shape, ending at 0.01.
+  assert inverse_temperatures(1, 0.01, scaled=True) == [0.01]
+  np.testing.assert_allclose(inverse_temperatures(3, 0.01, scaled=True),
+                             [0.01 * 0.05 / 0.142625, 0.01 * 0.0975 / 0.142625, 0.01], rtol=1e-12)
   v, a, bu, ba = random_case(jax.random.key(0), (1, 4, 2, 16))
   official = [0.01 * (1 - 0.95 ** (t + 1)) for t in range(3)]
   np.testing.assert_allclose(
-      em_routing(v, a, bu, ba, 3, inverse_temperature=official)[1],
+      em_routing(v, a, bu, ba, 3)[1],
       np_em(np.asarray(v), np.asarray(a), np.asarray(bu), np.asarray(ba), official)[1],
+      rtol=1e-4)
+  scaled = [0.01 * x / 0.142625 for x in (0.05, 0.0975, 0.142625)]
+  np.testing.assert_allclose(
+      em_routing(v, a, bu, ba, 3, scaled_inverse_temperature=True)[1],
+      np_em(np.asarray(v), np.asarray(a), np.asarray(bu), np.asarray(ba), scaled)[1],
       rtol=1e-4)
   with pytest.raises(ValueError, match="one per iteration"):
     em_routing(v, a, bu, ba, 3, inverse_temperature=[0.01])
@@ -198,7 +204,8 @@ def test_degenerate_cases_stay_finite():
   np.testing.assert_allclose(poses, votes[:, 0], rtol=1e-4, atol=1e-6)
   # Children that are all inactive, and some that are.
   _, act = _finite_everywhere(votes, jnp.zeros((2, 1)))
-  np.testing.assert_allclose(act, jax.nn.sigmoid(0.01 * 1.0), rtol=1e-5)  # cost 0: beta_a alone
+  # cost 0: beta_a alone, times the last lambda, 0.01 (1 - 0.95^3).
+  np.testing.assert_allclose(act, jax.nn.sigmoid(0.00142625 * 1.0), rtol=1e-5)
   votes, a, _, _ = random_case(jax.random.key(2), (2, 8, 4, 16))
   _finite_everywhere(votes, a.at[:, :5].set(0.0))
   # Huge disagreements: the E-step is in log space.
@@ -325,11 +332,22 @@ def count_params(model, shape):
   return sum(x.size for x in jax.tree.leaves(variables["params"]))
 
 
-def test_parameter_counts_are_the_papers():
-  # 1,664 + 8,840 + 18,464 + 36,896 + 2,580: see capsjax.models.matrix_capsnet.
-  assert count_params(MatrixCapsNet(), (28, 28, 1)) == 68_444
-  # The large network on smallNORB (5 classes): the paper's "310K".
-  assert count_params(MatrixCapsNet(num_classes=5, size="large"), (32, 32, 1)) == 316_394
+@pytest.mark.parametrize("size,classes,shape,expected", [
+    # (conv1, primary, ConvCaps1, ConvCaps2, class capsules), by hand from the layers:
+    # 5*5*I*A + A, (A + 1) * 17B, 3*3*B*C*16 + 2C, 3*3*C*D*16 + 2D, D*E*16 + 2E.
+    ("small", 5, (32, 32, 1), 1_664 + 8_840 + 18_464 + 36_896 + 1_290),      # smallNORB: "68K"
+    ("small", 10, (28, 28, 1), 1_664 + 8_840 + 18_464 + 36_896 + 2_580),     # MNIST
+    ("large", 5, (32, 32, 1), 832 + 17_952 + 147_520 + 147_520 + 2_570),     # smallNORB: "310K"
+    ("large", 10, (28, 28, 1), 832 + 17_952 + 147_520 + 147_520 + 5_140),    # MNIST
+])
+def test_parameter_counts_per_dataset(size, classes, shape, expected):
+  assert count_params(MatrixCapsNet(num_classes=classes, size=size), shape) == expected
+  paper = {("small", 5): 68e3, ("large", 5): 310e3}.get((size, classes))
+  if paper:
+    assert abs(expected - paper) / paper < 0.025
+
+
+def test_the_matrix_router_registry():
   assert MODELS["matrix_capsnet"].routers is MATRIX_ROUTERS
   assert MATRIX_ROUTERS["em"] is em_routing
 
@@ -438,3 +456,24 @@ def test_votes_values_tangents_and_gradients_against_numpy():
                                rtol=1e-10)
     np.testing.assert_allclose(grad_w, np.einsum("nkirq,nkijrc->ijqc", m.reshape(2, 3, 5, 4, 4),
                                                  ct), rtol=1e-10)
+
+
+def test_the_scaled_inverse_temperature_flag_reaches_every_routed_layer():
+  from capsjax.training import TrainConfig, make_model
+  from capsjax.training.config import ConfigError
+  images = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  outputs = {}
+  for scaled in (False, True):
+    config = TrainConfig(model="matrix_capsnet", dataset="mnist", routing_iters=3,
+                         scaled_inverse_temperature=scaled).validate()
+    model = make_model(config)
+    variables = model.init(jax.random.key(1), images)
+    outputs[scaled] = model.apply(variables, images).scores
+  # The same network routed with the scaled lambdas, passed by hand to every layer.
+  scaled = [0.01 * x / 0.142625 for x in (0.05, 0.0975, 0.142625)]
+  by_hand = MatrixCapsNet(routing=functools.partial(em_routing, inverse_temperature=scaled))
+  np.testing.assert_allclose(by_hand.apply(variables, images).scores, outputs[True], rtol=1e-6)
+  assert not np.allclose(outputs[False], outputs[True], rtol=1e-4)
+  with pytest.raises(ConfigError, match="--scaled_inverse_temperature is an option of EM "
+                                        "routing; --routing dynamic does not take it"):
+    TrainConfig(model="capsnet", scaled_inverse_temperature=True).validate()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["as_nhwc", "place", "to_float", "classification_batch", "labelled_batch",
-           "sample_bilinear"]
+           "sample_bilinear", "standardise"]
 
 
 def as_nhwc(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,3 +86,13 @@ def sample_bilinear(images: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.nd
       out += np.where(inside, weight * images[rows, np.clip(yy, 0, h - 1),
                                               np.clip(xx, 0, w - 1)], 0)
   return out
+
+
+def standardise(images: np.ndarray) -> np.ndarray:
+  """Each image to zero mean and unit variance, float32 ``(N, ...)``, the standard
+  deviation floored at ``1 / sqrt(pixels)`` (TF's ``per_image_standardization``)."""
+  x = np.asarray(images, np.float32)
+  axes = tuple(range(1, x.ndim))
+  mean = x.mean(axis=axes, keepdims=True)
+  floor = np.float32(1 / np.sqrt(np.prod(x.shape[1:])))
+  return (x - mean) / np.maximum(x.std(axis=axes, keepdims=True), floor)

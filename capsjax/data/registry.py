@@ -21,6 +21,7 @@ from capsjax.data.augment import efficient_capsnet_augment
 from capsjax.data.canvas import CanvasImages, place_randomly
 from capsjax.data.classification_test import ClassificationTest
 from capsjax.data.errors import DataError
+from capsjax.data.images import standardise
 from capsjax.data.mnist import load_idx_dataset
 from capsjax.data.multimnist import MultiMNIST
 from capsjax.data.shifted import AugmentedImages, ShiftedImages
@@ -160,7 +161,8 @@ def _smallnorb(config):
   test_x, test_y = _test_subset(*load_smallnorb("test"), config)
   return (AugmentedImages(train_x, train_y, seed=config.seed, augment=smallnorb_augment,
                           num_classes=5),
-          ClassificationTest(centre_crop(test_x), test_y, num_classes=5))
+          ClassificationTest(test_x, test_y, num_classes=5,
+                             transform=lambda images: centre_crop(standardise(images))))
 
 
 DATASETS.register("smallnorb", DatasetSpec(

@@ -5,14 +5,15 @@ training and 24,300 test pairs of 96x96 grey stereo images (the first view is
 used). Read with ``tfds.data_source('smallnorb')`` from a prepared copy: on a
 machine with internet and TensorFlow, ``tfds build smallnorb`` once, then set
 ``TFDS_DATA_DIR``. The paper's protocol (section 5): images downsampled to
-48x48; in training random 32x32 crops with random brightness and contrast; at
-test the centre 32x32 crop. Images stay in [0, 1] (the paper also standardises
-each image; the jitter here is applied to the [0, 1] image and clipped).
+48x48 and standardised ("normalized each image to have zero mean and unit
+variance"); in training random 32x32 crops with random brightness and contrast
+added to the standardised image; at test the centre 32x32 crop of it.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from capsjax.data.images import standardise
 from capsjax.data.random import randint, uniform
 from capsjax.data.tfds_images import load_tfds_split
 
@@ -53,8 +54,10 @@ def centre_crop(images: np.ndarray, size: int = CROP) -> np.ndarray:
 
 
 def smallnorb_augment(images: np.ndarray, seed: int, index: np.ndarray) -> np.ndarray:
-  """Random 32x32 crops of float ``(N, 48, 48)`` in [0, 1] with random brightness
-  and contrast, a pure function of ``(seed, index)``; float32 ``(N, 32, 32)``."""
+  """Float ``(N, 48, 48)`` in [0, 1], each standardised, then a random 32x32 crop with
+  random brightness (+- 32/255) and contrast (x0.5 - 1.5 about its mean), a pure
+  function of ``(seed, index)``; float32 ``(N, 32, 32)``."""
+  images = standardise(images)
   n, h, w = images.shape
   top = randint(seed, index, 20, h - CROP + 1)
   left = randint(seed, index, 21, w - CROP + 1)
@@ -66,4 +69,4 @@ def smallnorb_augment(images: np.ndarray, seed: int, index: np.ndarray) -> np.nd
   contrast = low + (high - low) * uniform(seed, index, 23)
   mean = crops.mean(axis=(1, 2), keepdims=True)
   out = (crops - mean) * contrast[:, None, None] + mean + brightness[:, None, None]
-  return np.clip(out, 0.0, 1.0).astype(np.float32)
+  return out.astype(np.float32)

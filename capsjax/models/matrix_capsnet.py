@@ -20,9 +20,13 @@ Parameters, with image channels I and E classes:
   ConvCaps2       3*3*C*D*16 + 2D
   class capsules  D*E*16 + 2E
 
-  small (A=64, B=8, C=D=16), MNIST (I=1, E=10): 1,664 + 8,840 + 18,464 + 36,896 + 2,580
-  = 68,444 (the paper's "68K"); large (A=B=C=D=32): 832 + 17,952 + 147,520 + 147,520
-  + 5,140 = 318,964 (smallNORB, E=5: 316,394, the paper's "310K").
+  small (A=64, B=8, C=D=16):
+    smallNORB (I=1, one view; E=5): 1,664 + 8,840 + 18,464 + 36,896 + 1,290 = 67,154,
+      the paper's "68K" (its smallNORB network)
+    MNIST (I=1, E=10): 1,664 + 8,840 + 18,464 + 36,896 + 2,580 = 68,444
+  large (A=B=C=D=32):
+    smallNORB (E=5): 832 + 17,952 + 147,520 + 147,520 + 2,570 = 316,394, the paper's "310K"
+    MNIST (E=10): 832 + 17,952 + 147,520 + 147,520 + 5,140 = 318,964
 """
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ MODELS: Registry[ModelSpec] = Registry("model", "capsjax.models.MODELS")
 
 # Router options a config can set: boolean config fields, passed to the router
 # under the same name when true.
-ROUTER_OPTIONS = ("stop_gradient_inner",)
+ROUTER_OPTIONS = ("stop_gradient_inner", "scaled_inverse_temperature")
 
 
 def router_of(config) -> Callable:
@@ -100,6 +100,8 @@ def router_of(config) -> Callable:
   takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
   for name in options:
     if name not in params and not takes_any:
-      raise ValueError(f"--{name} is an option of the dynamic router; --routing "
+      owner = {"stop_gradient_inner": "the dynamic router",
+               "scaled_inverse_temperature": "EM routing"}.get(name, "other routers")
+      raise ValueError(f"--{name} is an option of {owner}; --routing "
                        f"{config.routing} does not take it.")
   return functools.partial(router, **options)

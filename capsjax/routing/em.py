@@ -55,17 +55,17 @@ VARIANCE_FLOOR = 1e-4   # added to every variance: a parent whose votes agree st
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def inverse_temperatures(num_iters: int, final: float = 0.01) -> list[float]:
-  """The inverse temperature lambda of each iteration, rising to ``final`` at the last.
+def inverse_temperatures(num_iters: int, final: float = 0.01, *,
+                         scaled: bool = False) -> list[float]:
+  """The inverse temperature lambda of each iteration.
 
-  The paper gives no schedule. This is the official code's shape,
-  ``1 - 0.95^(t + 1)`` (google-research ``capsule_em``), scaled so that the last
-  iteration uses exactly ``final``; the official code uses the unscaled
-  ``final * (1 - 0.95^(t + 1))`` (0.0005, 0.00098, 0.0014 for 3 iterations);
-  pass those to :func:`em_routing` as ``inverse_temperature=`` to train with them.
+  The paper gives no schedule. This is the official code's (google-research
+  ``capsule_em``; IBM's reimplementation uses the same), ``final * (1 -
+  0.95^(t + 1))``: 0.0005, 0.00098, 0.0014 for 3 iterations. With ``scaled``
+  the same shape is scaled so that the last iteration uses exactly ``final``.
   """
   shape = [1 - 0.95 ** (t + 1) for t in range(num_iters)]
-  return [final * s / shape[-1] for s in shape]
+  return [final * s / (shape[-1] if scaled else 1.0) for s in shape]
 
 
 def _softmax_over_parents(logits: jax.Array) -> jax.Array:
@@ -81,6 +81,7 @@ def em_routing(
     *,
     final_inverse_temperature: float = 0.01,
     inverse_temperature: Sequence[float] | None = None,
+    scaled_inverse_temperature: bool = False,
     variance_floor: float = VARIANCE_FLOOR,
     assignments: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
@@ -92,10 +93,11 @@ def em_routing(
     beta_u, beta_a: learned costs, broadcastable to ``(..., n_out)`` (one per
       parent capsule type in the layers).
     num_iters: a static Python int >= 1.
-    final_inverse_temperature: lambda of the last iteration; the earlier ones
-      follow :func:`inverse_temperatures`.
+    final_inverse_temperature: the ``final`` of :func:`inverse_temperatures`.
     inverse_temperature: lambda of every iteration (``num_iters`` floats),
       overriding the schedule.
+    scaled_inverse_temperature: the schedule scaled to end at
+      ``final_inverse_temperature`` (:func:`inverse_temperatures` with ``scaled``).
     variance_floor: added to every variance.
     assignments: ``logits (..., n_in, n_out) -> R``: how assignments are
       normalised (default: a softmax over the parents of each child;
@@ -113,7 +115,8 @@ def em_routing(
         f"votes must be (..., n_in, n_out, pose_dim) and activations (..., n_in); got votes "
         f"{votes.shape} and activations {activations.shape}.")
   if inverse_temperature is None:
-    inverse_temperature = inverse_temperatures(num_iters, final_inverse_temperature)
+    inverse_temperature = inverse_temperatures(num_iters, final_inverse_temperature,
+                                               scaled=scaled_inverse_temperature)
   if len(inverse_temperature) != num_iters:
     raise ValueError(f"inverse_temperature has {len(inverse_temperature)} values; give one "
                      f"per iteration ({num_iters}).")

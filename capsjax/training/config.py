@@ -37,6 +37,7 @@ IDENTITY_FIELDS = (
     "lr_decay_steps", "lr_staircase", "lr_min", "recon_weight", "seed", "precision",
     "stop_gradient_inner", "digit_caps_init", "primary_caps_scale", "model_size",
     "margin_ramp_steps", "assignments_per_parent_type", "adam_eps",
+    "scaled_inverse_temperature",
 )
 
 # What a config.json written before a field existed was trained with; used
@@ -45,7 +46,8 @@ IDENTITY_FIELDS = (
 VALUES_BEFORE_THE_FIELD = {"digit_caps_init": 0.1, "primary_caps_scale": 1.0,
                            "model": "capsnet", "routing": "dynamic", "model_size": "small",
                            "margin_ramp_steps": 20_000, "lr_staircase": False,
-                           "assignments_per_parent_type": False, "adam_eps": 1e-8}
+                           "assignments_per_parent_type": False, "adam_eps": 1e-8,
+                           "scaled_inverse_temperature": True}
 
 
 class ConfigError(ValueError):
@@ -116,6 +118,10 @@ class TrainConfig:
   eval_batch_size: int = flag(500, "batch size for evaluation")
   stop_gradient_inner: bool = flag(False, "stop gradients through the inner routing "
                                    "iterations (an option of the dynamic router)")
+  scaled_inverse_temperature: bool = flag(
+      False, "EM routing's inverse temperature lambda scaled to end at 0.01 (default: the "
+      "official code's 0.01 (1 - 0.95^(t+1)), i.e. 0.0005, 0.00098, 0.0014 for 3 "
+      "iterations)")
   digit_caps_init: float = flag(DIGIT_CAPS_INIT, (
       "stddev of the initial DigitCaps weights W_ij (the official 0.1 goes with "
       "--primary_caps_scale 0.03125; with the plain convolution it stalls MultiMNIST with 3 "
