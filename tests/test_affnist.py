@@ -164,19 +164,11 @@ def test_affnist_datasets_are_test_sets_only():
 @pytest.mark.slow
 def test_a_run_on_mnist40_evaluates_on_affnist_and_refuses_other_shapes(tmp_path, registered,
                                                                         digits):
-  import flax.linen as nn
-
-  from capsjax.models import MODELS, ClassifierOutput, ModelSpec, classifier_loss
+  from capsjax.models import MODELS
   from capsjax.training import evaluate_workdir
-  from toys import train_script
+  from toys import LINEAR, train_script
 
-  class Linear(nn.Module):
-    @nn.compact
-    def __call__(self, images, labels=None, *, train=False):
-      return ClassifierOutput(nn.Dense(10)(images.reshape(images.shape[0], -1)))
-
-  registered(MODELS, "linear", ModelSpec(build=lambda config, data: Linear(),
-                                         loss=classifier_loss))
+  registered(MODELS, "linear", LINEAR)
   workdir = tmp_path / "run"
   assert train_script(["--model", "linear", "--dataset", "mnist40", "--steps", "2",
                        "--batch_size", "8", "--eval_every", "0", "--checkpoint_every", "2",
@@ -204,19 +196,11 @@ def test_the_affnist_command_trains_both_to_the_target_and_evaluates_both(
   import importlib.util
   import json
 
-  import flax.linen as nn
-
-  from capsjax.models import MODELS, ClassifierOutput, ModelSpec, classifier_loss
+  from capsjax.models import MODELS
   from capsjax.presets import PRESETS, Preset
-  from toys import ROOT
+  from toys import LINEAR, ROOT
 
-  class Linear(nn.Module):
-    @nn.compact
-    def __call__(self, images, labels=None, *, train=False):
-      return ClassifierOutput(nn.Dense(10)(images.reshape(images.shape[0], -1)))
-
-  registered(MODELS, "linear", ModelSpec(build=lambda config, data: Linear(),
-                                         loss=classifier_loss))
+  registered(MODELS, "linear", LINEAR)
   small = dict(model="linear", dataset="mnist40", batch_size=8, steps=6, eval_every=2,
                checkpoint_every=6, test_subset=40, eval_batch_size=40, data_source="bundled",
                stop_at_accuracy=0.992)

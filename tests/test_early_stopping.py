@@ -2,30 +2,19 @@
 reaching the target, against the evaluations of the same run without it."""
 import json
 
-import flax.linen as nn
 import pytest
 
 from capsjax.data import DATASETS
-from capsjax.models import MODELS, ClassifierOutput, ModelSpec, classifier_loss
+from capsjax.models import MODELS
 from capsjax.training import TrainConfig
 from capsjax.training.checkpoint import Checkpointer
 from capsjax.training.config import ConfigError
-from toys import toy_dataset, train_script
-
-
-class Linear(nn.Module):
-  """A linear classifier: learns the toy set within a few steps."""
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, images, labels=None, *, train=False):
-    return ClassifierOutput(nn.Dense(self.num_classes)(images.reshape(images.shape[0], -1)))
+from toys import LINEAR, toy_dataset, train_script
 
 
 @pytest.fixture
 def toys(registered):
-  registered(MODELS, "linear", ModelSpec(build=lambda config, data: Linear(data.num_classes),
-                                         loss=classifier_loss))
+  registered(MODELS, "linear", LINEAR)
   registered(DATASETS, "toy", toy_dataset())
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from capsjax.data import ClassificationTest, DatasetSpec, ShiftedImages
 from capsjax.losses import margin_loss
-from capsjax.models import ModelSpec
+from capsjax.models import ClassifierOutput, ModelSpec, classifier_loss
 from capsjax.routing import safe_norm, squash
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -64,3 +64,16 @@ TOY_BN = ModelSpec(build=lambda config, data: ToyBatchNormCaps(data.num_classes)
                    loss=toy_loss, collections=("batch_stats",), description="BatchNorm toy")
 
 
+
+
+class LinearClassifier(nn.Module):
+  """Logits from one dense layer on the pixels: trains in a few steps, any image shape."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, images, labels=None, *, train=False):
+    return ClassifierOutput(nn.Dense(self.num_classes)(images.reshape(images.shape[0], -1)))
+
+
+LINEAR = ModelSpec(build=lambda config, data: LinearClassifier(data.num_classes),
+                   loss=classifier_loss, description="a linear classifier")

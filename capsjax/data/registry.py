@@ -156,6 +156,8 @@ DATASETS.register("mnist_augmented", DatasetSpec(
     (28, 28, 1), 10, 1, 3750, _augmented_mnist,
     "MNIST with Efficient-CapsNet's augmentation: rotation, shift within the margins, width "
     "squish, erasure; pixels / 256 (decay period: one epoch of batch 16)"))
+
+
 def _smallnorb(config):
   train_x, train_y = load_smallnorb("train")
   test_x, test_y = _test_subset(*load_smallnorb("test"), config)
