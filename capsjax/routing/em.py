@@ -139,6 +139,10 @@ def em_routing(
   centred = votes - centre
   squares = jnp.square(centred)
 
+  def normalise_parent_major(logits):                            # (..., n_out, n_in)
+    # ``assignments`` takes and gives the children-major (..., n_in, n_out).
+    return jnp.swapaxes(normalise(jnp.swapaxes(logits, -1, -2)), -1, -2)
+
   def m_step(r, lam):                                             # r (..., n_out, n_in)
     weighted = r * a_in                                           # R'_ij
     mass = jnp.sum(weighted, axis=-1)                             # (..., n_out)
@@ -162,16 +166,14 @@ def em_routing(
                  + jnp.sum(jnp.square(mu) * inv_var, axis=-1)[..., None])
     log_p = -0.5 * (jnp.maximum(quadratic, 0.0)
                     + jnp.sum(log_var + _LOG_2PI, axis=-1)[..., None])    # (..., n_out, n_in)
-    logits = jax.nn.log_sigmoid(logit)[..., None] + log_p
-    return jnp.swapaxes(normalise(jnp.swapaxes(logits, -1, -2)), -1, -2)
+    return normalise_parent_major(jax.nn.log_sigmoid(logit)[..., None] + log_p)
 
   def body(t, r):
     return e_step(*m_step(r, lambdas[t]))
 
   # Zero logits for the uniform start, made from the votes so that XLA does not
   # spend the compilation constant-folding the normalisation.
-  r = jnp.swapaxes(normalise(0.0 * jax.lax.stop_gradient(jnp.swapaxes(votes[..., 0], -1, -2))),
-                   -1, -2)
+  r = normalise_parent_major(0.0 * jax.lax.stop_gradient(votes[..., 0]))
   r = jax.lax.fori_loop(0, num_iters - 1, body, r, unroll=True)
   mu, _, logit = m_step(r, lambdas[num_iters - 1])
   return mu + centre[..., 0, :], jax.nn.sigmoid(logit)
