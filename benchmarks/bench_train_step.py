@@ -76,7 +76,8 @@ def build_step(size: int, routing_iters: int, batch_size: int, precision: str,
 
   Returns ``(compiled step, state, batch, compile seconds, XLA FLOPs per step)``.
   """
-  config = TrainConfig(model=model, dataset="multimnist" if size == 36 else "mnist",
+  dataset = {36: "multimnist", 40: "mnist40"}.get(size, "mnist")
+  config = TrainConfig(model=model, dataset=dataset,
                        routing_iters=routing_iters, batch_size=batch_size, precision=precision)
   mesh = make_mesh()
   config.validate(mesh.size)

@@ -31,6 +31,9 @@ def main(argv=None) -> int:
   parser.add_argument("--stop_at_accuracy", type=float, default=None,
                       help="the expanded-MNIST test accuracy both stop at (default: the "
                            "presets', 0.992)")
+  parser.add_argument("--eval_every", type=int, default=None,
+                      help="steps between test evaluations, where the target is checked "
+                           "(default: the presets', 1875 = one epoch)")
   parser.add_argument("--data_source", default=None, help="where MNIST comes from")
   args = parser.parse_args(argv)
   cli.setup()
@@ -38,6 +41,7 @@ def main(argv=None) -> int:
   from capsjax.training import TrainConfig, evaluate_workdir, train_and_evaluate  # pylint: disable=import-outside-toplevel
 
   overrides = {name: value for name, value in (("stop_at_accuracy", args.stop_at_accuracy),
+                                               ("eval_every", args.eval_every),
                                                ("data_source", args.data_source))
                if value is not None}
   rows = []

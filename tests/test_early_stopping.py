@@ -1,5 +1,7 @@
 """--stop_at_accuracy: a run ends, with its checkpoint, at the first evaluation
-reaching the target, against the evaluations of the same run without it."""
+reaching the target, against the evaluations of the same run without it;
+--train_minutes: a run ends, with its checkpoint and an evaluation, once its
+wall-clock time (summed over resumed runs) reaches the budget."""
 import json
 
 import pytest
@@ -19,8 +21,9 @@ def toys(registered):
 
 
 def records(workdir):
-  """The records of a run, without the throughput (which differs run to run)."""
-  return [{k: v for k, v in json.loads(line).items() if k != "images_per_sec"}
+  """The records of a run, without the timings (which differ run to run)."""
+  return [{k: v for k, v in json.loads(line).items()
+           if k not in ("images_per_sec", "train_seconds")}
           for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -58,7 +61,36 @@ def test_stops_at_the_first_evaluation_reaching_the_target_and_stays_stopped(
   assert Checkpointer(workdir / "checkpoints").latest_step() == 24
 
 
+@pytest.mark.slow
+def test_a_time_budget_ends_the_run_saved_and_evaluated_and_resumes_add_up(
+    tmp_path, toys, capsys):
+  workdir = tmp_path / "run"
+  budget = ["--train_minutes", "1e-6"]          # 60 us: spent within the first step
+  assert train_script(argv(workdir, *budget)) == 0
+  assert "--train_minutes 1e-06 used: stopping" in capsys.readouterr().out
+  assert Checkpointer(workdir / "checkpoints").all_steps() == [1]
+  logged = [(r["step"], r["split"]) for r in records(workdir)]
+  assert logged == [(1, "train"), (1, "test")]            # evaluated where it stopped
+  first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])["train_seconds"]
+  assert first > 1e-6 * 60
+  # The same command again: the budget is spent, nothing more is trained.
+  assert train_script(argv(workdir, *budget)) == 0
+  assert '"stopped_at_train_minutes": 1e-06' in capsys.readouterr().out
+  assert Checkpointer(workdir / "checkpoints").all_steps() == [1]
+  # A larger budget goes on from there, counting the time already spent.
+  assert train_script(argv(workdir, "--train_minutes", "60")) == 0
+  assert Checkpointer(workdir / "checkpoints").latest_step() == 24
+  seconds = [json.loads(line)["train_seconds"]
+             for line in (workdir / "metrics.jsonl").read_text().splitlines()
+             if '"train"' in line]
+  assert len(seconds) == 24 and seconds[0] == first
+  assert all(b > a for a, b in zip(seconds, seconds[1:])) and seconds[1] > first
+
+
 @pytest.mark.parametrize("extra,match", [
+    (dict(train_minutes=-1.0), "--train_minutes must be >= 0"),
+    (dict(train_minutes=float("inf")), "--train_minutes inf: give a finite number"),
+    (dict(train_minutes=float("nan")), "--train_minutes nan: give a finite number"),
     (dict(stop_at_accuracy=1.5), r"--stop_at_accuracy is a fraction in \[0, 1\]"),
     (dict(stop_at_accuracy=0.99, eval_every=0), "give --eval_every > 0"),
 ])

@@ -99,6 +99,10 @@ class TrainConfig:
   stop_at_accuracy: float = flag(0.0, "end the run, with its checkpoint, at the first "
                                 "evaluation whose test accuracy (strict, on MultiMNIST) "
                                 "reaches this, e.g. 0.992 (0: never)")
+  train_minutes: float = flag(0.0, "end the run, with its checkpoint and an evaluation, "
+                              "once it has run this many minutes of wall-clock time, summed "
+                              "over resumed runs (compile and evaluations included), e.g. to "
+                              "give two models the same budget (0: no limit)")
   checkpoint_every: int = flag(1000, "save a checkpoint every this many steps")
   keep_checkpoints: int = flag(3, "how many recent checkpoints to keep")
   log_every: int = flag(50, "append training metrics to metrics.jsonl every this many steps")
@@ -261,6 +265,8 @@ class TrainConfig:
          f"--stop_at_accuracy is a fraction in [0, 1] (got {self.stop_at_accuracy}; e.g. 0.992).")
     need(not self.stop_at_accuracy or self.eval_every,
          "--stop_at_accuracy is checked at each evaluation: give --eval_every > 0.")
+    need(self.train_minutes >= 0,
+         f"--train_minutes must be >= 0 (got {self.train_minutes}; 0: no limit).")
     need(self.data_workers >= 0, f"--data_workers must be >= 0 (got {self.data_workers}).")
     k = self.steps_per_call
     need(k >= 1, f"--steps_per_call must be >= 1 (got {k}).")

@@ -172,7 +172,12 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     return bool(target and result and result["accuracy"] >= target)
 
   stopped_at_accuracy = reached(run_log.logged("test").get(start))
-  if stopped_at_accuracy:  # stopped there by --stop_at_accuracy: nothing left to train
+  # --train_minutes: the wall-clock time of the runs before this one, from their train records.
+  limit_s = 60.0 * config.train_minutes
+  spent_before = max((r.get("train_seconds", 0.0) for s, r in run_log.logged("train").items()
+                      if s <= start), default=0.0)
+  out_of_time = bool(limit_s) and spent_before >= limit_s
+  if stopped_at_accuracy or out_of_time:  # stopped there by a target: nothing left to train
     total_steps = start
 
   chunks = Chunks(start, total_steps, per_call)
@@ -184,7 +189,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   batches = batch_stream(make_chunk, chunks, config.data_workers, slot_bytes=block_bytes)
 
   window: list[dict] = []
-  window_start = time.perf_counter()
+  window_start = clock_start = time.perf_counter()
   last_eval: dict[str, float] = {}
   last_good = checkpoints.latest_step()
   stop = _StopRequest()
@@ -238,10 +243,12 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         else:
           state, metrics = train_steps(state, shard_batch(batch, mesh, block=True))
         step += count
+        train_seconds = spent_before + time.perf_counter() - clock_start
+        out_of_time = bool(limit_s) and train_seconds >= limit_s and step < total_steps
         if pending is not None:
           check(*pending)  # one call behind, so the device never waits for the host
         pending = (step, metrics, count)
-        at_end = step == total_steps
+        at_end = step == total_steps or out_of_time
         # Read the flag once: a signal arriving later in this iteration is acted
         # on (saved, then stopped) after the next step, never stopped unsaved.
         stopping = stop.signum is not None
@@ -256,7 +263,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
           mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
           # The learning rate of this step's update (optax counts updates from 0).
           run_log.write({"step": step, "split": "train", **mean,
-                         "lr": float(schedule(step - 1)), "images_per_sec": images_per_sec})
+                         "lr": float(schedule(step - 1)), "images_per_sec": images_per_sec,
+                         "train_seconds": train_seconds})
           bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{100 * mean['accuracy']:.1f}%",
                           img_s=f"{images_per_sec:.0f}", refresh=False)
           window.clear()
@@ -273,7 +281,9 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         if do_save or stopped_at_accuracy:
           save(step)
         bar.update(count)
-        if stopping or stopped_at_accuracy:
+        if out_of_time:
+          bar.write(f"step {step}: --train_minutes {config.train_minutes:g} used: stopping")
+        if stopping or stopped_at_accuracy or out_of_time:
           break
     except DataWorkerError as e:
       raise DataWorkerError(f"{e}; stopped, {kept()}. Rerun the same command to resume.") from e
@@ -282,6 +292,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
              "images_per_sec": images_per_sec, **last_eval}
   if stopped_at_accuracy:
     summary["stopped_at_accuracy"] = target
+  if out_of_time:
+    summary["stopped_at_train_minutes"] = config.train_minutes
   if stop.signum and step < total_steps:  # a signal during the last step ends a finished run
     summary["interrupted"] = signal.Signals(stop.signum).name
     run_log.close()
