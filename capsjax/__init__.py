@@ -12,7 +12,7 @@ from capsjax.losses import margin_loss, reconstruction_loss
 from capsjax.models import CapsNet, CapsNetOutput
 from capsjax.routing import dynamic_routing, safe_norm, squash
 
-__version__ = "0.6.0"
+__version__ = "0.6.1"
 
 __all__ = [
     "CapsNet", "CapsNetOutput", "dynamic_routing", "margin_loss",

@@ -69,10 +69,12 @@ def setup(cache_dir: str | None = None) -> None:
 def run(main: Callable[[], int]) -> None:
   """Runs ``main``; expected failures become one line on stderr and exit code 2."""
   from capsjax.data import DataError, DataWorkerError  # pylint: disable=import-outside-toplevel
+  from capsjax.models import PretrainedFileError  # pylint: disable=import-outside-toplevel
+  from capsjax.registry import UnknownNameError  # pylint: disable=import-outside-toplevel
   from capsjax.training import CheckpointError, ConfigError, NonFiniteLossError  # pylint: disable=import-outside-toplevel
   try:
     sys.exit(main())
   except (ConfigError, CheckpointError, NonFiniteLossError, DataError,
-          DataWorkerError) as e:
+          DataWorkerError, PretrainedFileError, UnknownNameError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -193,20 +193,24 @@ _preset("baseline_multimnist_paper", dict(
 
 
 _preset("baseline_mnist_cpu", dict(
-    model="baseline_cnn", dataset="mnist", steps=1000, batch_size=32, eval_every=0),
-  """The MNIST baseline with ``quickstart``'s data and steps, to set beside it on one CPU.
+    model="baseline_cnn", dataset="mnist", batch_size=32, epochs=10, eval_every=0,
+    train_minutes=10),
+  """The MNIST baseline for 10 minutes, beside CapsNet for the same 10 minutes on one CPU.
 
-    python experiments/train.py --config baseline_mnist_cpu
+    export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false     # one core each, side by side
+    taskset -c 0 python experiments/train.py --config mnist_1epoch --train_minutes 10 &
+    taskset -c 1 python experiments/train.py --config baseline_mnist_cpu &
   """)
 
 
 _preset("baseline_multimnist_cpu", dict(
     model="baseline_cnn", dataset="multimnist", batch_size=32, test_pairs_per_digit=1,
-    eval_every=0, checkpoint_every=250),
-  """The MultiMNIST baseline as ``multimnist_cpu``: run it for as long as that run and
-  stop it (Ctrl-C or SIGTERM), then evaluate.
+    eval_every=0, checkpoint_every=250, train_minutes=15),
+  """The MultiMNIST baseline for 15 minutes, beside CapsNet for the same 15 minutes.
 
-    python experiments/train.py --config baseline_multimnist_cpu
+    export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false     # one core each, side by side
+    taskset -c 0 python experiments/train.py --config multimnist_cpu --train_minutes 15 &
+    taskset -c 1 python experiments/train.py --config baseline_multimnist_cpu &
   """)
 
 

@@ -64,7 +64,7 @@ class Registry(Generic[T]):
 
   def unknown(self, name: str) -> str:
     """The message for an unknown ``name``."""
-    return (f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())} "
+    return (f"unknown {self.kind} {name!r}; registered: {', '.join(self.names()) or 'none yet'} "
             f"(add one with {self.where}.register).")
 
   def names(self) -> list[str]:

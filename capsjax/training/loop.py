@@ -34,7 +34,7 @@ from capsjax.training.steps import (
     STEP_LIMIT, init_state, make_eval_step, make_mesh, make_model, make_optimizer, make_schedule,
     make_train_step, shard_batch, variables_of)
 
-__all__ = ["train_and_evaluate", "evaluate_workdir", "NonFiniteLossError", "prepare_workdir"]
+__all__ = ["train_and_evaluate", "evaluate_workdir", "evaluate_model", "NonFiniteLossError", "prepare_workdir"]
 
 log = logging.getLogger("capsjax")
 
@@ -177,6 +177,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   spent_before = max((r.get("train_seconds", 0.0) for s, r in run_log.logged("train").items()
                       if s <= start), default=0.0)
   out_of_time = bool(limit_s) and spent_before >= limit_s
+  train_seconds = spent_before
   if stopped_at_accuracy or out_of_time:  # stopped there by a target: nothing left to train
     total_steps = start
 
@@ -289,7 +290,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
       raise DataWorkerError(f"{e}; stopped, {kept()}. Rerun the same command to resume.") from e
 
   summary = {"step": step, "total_steps": total_steps, "workdir": str(workdir),
-             "images_per_sec": images_per_sec, **last_eval}
+             "images_per_sec": images_per_sec, "train_seconds": round(train_seconds, 1),
+             **last_eval}
   if stopped_at_accuracy:
     summary["stopped_at_accuracy"] = target
   if out_of_time:
@@ -313,6 +315,26 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   return summary
 
 
+def latest_variables(workdir: str | os.PathLike, **overrides):
+  """``(config, model, step, variables)`` of the latest checkpoint in a run's workdir;
+  ``overrides`` replace fields of its config that do not change the model (where
+  the data comes from)."""
+  workdir = pathlib.Path(workdir)
+  if not (workdir / "config.json").exists():
+    raise ConfigError(f"{workdir} has no config.json; pass the --workdir of a training run.")
+  config = TrainConfig.load(workdir / "config.json")
+  overrides = {name: value for name, value in overrides.items() if value}
+  config = TrainConfig.from_dict({**json.loads(config.to_json()), **overrides})
+  mesh = make_mesh()
+  config.validate(num_devices=mesh.size)
+  checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+  if checkpoints.latest_step() is None:
+    raise ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate.")
+  model, _, state = _model_and_state(config, mesh, checkpoints)
+  checkpoints.close()
+  return config, model, int(state.step), variables_of(state)
+
+
 def evaluate_workdir(workdir: str | os.PathLike, data_source: str | None = None,
                      mnist_dir: str | None = None, dataset: str | None = None,
                      affnist_dir: str | None = None) -> dict[str, Any]:
@@ -323,16 +345,25 @@ def evaluate_workdir(workdir: str | os.PathLike, data_source: str | None = None,
   trained on ``mnist40``); its pictures go to ``workdir/<dataset>/``.
   """
   workdir = pathlib.Path(workdir)
-  if not (workdir / "config.json").exists():
-    raise ConfigError(f"{workdir} has no config.json; pass the --workdir of a training run.")
-  config = TrainConfig.load(workdir / "config.json")
-  overrides = {name: value for name, value in (("data_source", data_source),
-                                               ("mnist_dir", mnist_dir),
-                                               ("affnist_dir", affnist_dir)) if value}
-  config = TrainConfig.from_dict({**json.loads(config.to_json()), **overrides})
+  config, model, step, variables = latest_variables(
+      workdir, data_source=data_source, mnist_dir=mnist_dir, affnist_dir=affnist_dir)
+  pictures_dir = workdir if not dataset or dataset == config.dataset else (
+      workdir / dataset.replace(":", "_"))
+  return {"step": step, **evaluate_model(config, model, variables, dataset, pictures_dir,
+                                         trained=f"the run in {workdir}")}
+
+
+def evaluate_model(config: TrainConfig, model, variables: dict[str, Any],
+                   dataset: str | None = None, pictures_dir: str | os.PathLike | None = None,
+                   trained: str = "the model") -> dict[str, Any]:
+  """Test accuracy of ``model`` with ``variables``, trained as ``config`` says.
+
+  On the test split of ``config.dataset``, or of ``dataset``: another dataset of
+  the same image shape, classes and labels per example (``trained`` names the
+  model in the message when it is not). With ``pictures_dir`` the pictures of
+  the first test examples are written there.
+  """
   mesh = make_mesh()
-  config.validate(num_devices=mesh.size)
-  pictures_dir = workdir
   eval_config = config
   if dataset and dataset != config.dataset:
     eval_config = dataclasses.replace(config, dataset=dataset)
@@ -343,21 +374,18 @@ def evaluate_workdir(workdir: str | os.PathLike, data_source: str | None = None,
     if not config.data.same_task(other):
       raise ConfigError(
           f"--dataset {dataset} has {other.image_shape} images, {other.num_classes} classes and "
-          f"{other.labels_per_example} label(s) per example; the run in {workdir} was trained "
+          f"{other.labels_per_example} label(s) per example; {trained} was trained "
           f"on {config.dataset} ({config.data.image_shape}, {config.data.num_classes}, "
           f"{config.data.labels_per_example}). Evaluate on a dataset of the same shape and "
           "classes (e.g. affnist or affnist_synthetic for mnist40).")
-    pictures_dir = workdir / dataset.replace(":", "_")
-    pictures_dir.mkdir(exist_ok=True)
   _, test_data = eval_config.data.build(eval_config)
-  checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
-  if checkpoints.latest_step() is None:
-    raise ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate.")
-  model, _, state = _model_and_state(config, mesh, checkpoints)
-  checkpoints.close()
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))
   eval_step = make_eval_step(config.model_spec.eval_module(model), mesh)
-  result = {"step": int(state.step), "dataset": eval_config.dataset,
-            **evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size)}
-  result["pictures"] = [str(p) for p in write_pictures(model, variables_of(state), test_data,
-                                                       pictures_dir)]
+  result = {"dataset": eval_config.dataset,
+            **evaluate(eval_step, variables, test_data, mesh, config.eval_batch_size)}
+  if pictures_dir is not None:
+    pictures_dir = pathlib.Path(pictures_dir)
+    pictures_dir.mkdir(parents=True, exist_ok=True)
+    result["pictures"] = [str(p) for p in write_pictures(model, variables, test_data,
+                                                         pictures_dir)]
   return result
