@@ -488,8 +488,10 @@ def test_two_processes_train_bitwise_as_one(tmp_path, toys):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
+  # --train_minutes (not reached) asks process 0 at every log step whether to stop.
   two = [start(tmp_path / "two", 1, "--distributed", "true", "--coordinator_address",
-               f"localhost:{port}", "--num_processes", "2", "--process_id", str(i))
+               f"localhost:{port}", "--num_processes", "2", "--process_id", str(i),
+               "--train_minutes", "60")
          for i in range(2)]
   outs = [p.communicate(timeout=300) for p in two]
   for p, (_, err) in zip(two, outs):

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from capsjax.data import DataWorkerError, TrainBatches, batch_stream, local_rows, padded
@@ -140,6 +141,14 @@ def _model_and_state(config: TrainConfig, mesh, checkpoints: Checkpointer):
   return model, tx, state
 
 
+def _agreed(flag: bool, at_log_step: bool) -> bool:
+  """``flag`` as process 0 sees it, so that every process of a multi-host run stops
+  at the same step; with several processes asked at log steps only (a broadcast)."""
+  if jax.process_count() == 1:
+    return flag
+  return at_log_step and bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   """Trains (or resumes) according to ``config``; returns the summary record."""
   config.initialize_distributed()
@@ -245,7 +254,8 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
           state, metrics = train_steps(state, shard_batch(batch, mesh, block=True))
         step += count
         train_seconds = spent_before + time.perf_counter() - clock_start
-        out_of_time = bool(limit_s) and train_seconds >= limit_s and step < total_steps
+        out_of_time = bool(limit_s) and step < total_steps and _agreed(
+            train_seconds >= limit_s, step % config.log_every == 0)
         if pending is not None:
           check(*pending)  # one call behind, so the device never waits for the host
         pending = (step, metrics, count)
