@@ -205,11 +205,11 @@ _preset("baseline_mnist_cpu", dict(
 
 _preset("baseline_multimnist_cpu", dict(
     model="baseline_cnn", dataset="multimnist", batch_size=32, test_pairs_per_digit=1,
-    eval_every=0, checkpoint_every=250, train_minutes=15),
-  """The MultiMNIST baseline for 15 minutes, beside CapsNet for the same 15 minutes.
+    eval_every=0, checkpoint_every=250, train_minutes=10),
+  """The MultiMNIST baseline for 10 minutes, beside CapsNet for the same 10 minutes.
 
     export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false     # one core each, side by side
-    taskset -c 0 python experiments/train.py --config multimnist_cpu --train_minutes 15 &
+    taskset -c 0 python experiments/train.py --config multimnist_cpu --train_minutes 10 &
     taskset -c 1 python experiments/train.py --config baseline_multimnist_cpu &
   """)
 
