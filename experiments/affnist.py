@@ -5,6 +5,7 @@ then evaluated on affNIST, which neither saw in training.
   python experiments/affnist.py                         # on affnist_synthetic
   python experiments/affnist.py --dataset affnist --affnist_dir ~/affnist   # the real set
   python experiments/affnist.py --stop_at_accuracy 0.99                    # another target
+  python experiments/affnist.py --stop_at_accuracy 0.99 --train_minutes 60  # and a budget
 
 Trains the presets affnist_capsnet and affnist_cnn (each stops at the first evaluation
 reaching --stop_at_accuracy; rerun the same command to resume one that was interrupted),
@@ -34,6 +35,9 @@ def main(argv=None) -> int:
   parser.add_argument("--eval_every", type=int, default=None,
                       help="steps between test evaluations, where the target is checked "
                            "(default: the presets', 1875 = one epoch)")
+  parser.add_argument("--train_minutes", type=float, default=None,
+                      help="each model's wall-clock budget, for when the target is out of "
+                           "reach (default: none)")
   parser.add_argument("--data_source", default=None, help="where MNIST comes from")
   args = parser.parse_args(argv)
   cli.setup()
@@ -42,6 +46,7 @@ def main(argv=None) -> int:
 
   overrides = {name: value for name, value in (("stop_at_accuracy", args.stop_at_accuracy),
                                                ("eval_every", args.eval_every),
+                                               ("train_minutes", args.train_minutes),
                                                ("data_source", args.data_source))
                if value is not None}
   rows = []
