@@ -35,7 +35,8 @@ from capsjax.training.steps import (
     STEP_LIMIT, init_state, make_eval_step, make_mesh, make_model, make_optimizer, make_schedule,
     make_train_step, shard_batch, variables_of)
 
-__all__ = ["train_and_evaluate", "evaluate_workdir", "evaluate_model", "NonFiniteLossError", "prepare_workdir"]
+__all__ = ["train_and_evaluate", "evaluate_workdir", "evaluate_model", "NonFiniteLossError",
+           "prepare_workdir"]
 
 log = logging.getLogger("capsjax")
 
