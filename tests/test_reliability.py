@@ -1,6 +1,7 @@
 """Reliability: a run can be killed at any moment and lose nothing; bad flags and
 files never cost a run. The small runs here use the toy model of toys.py, which
 compiles in about a second."""
+import dataclasses
 import json
 import os
 import re
@@ -165,13 +166,41 @@ def test_a_kill_during_the_final_evaluation_loses_nothing(tmp_path, toys, monkey
   monkeypatch.setattr(loop, "evaluate", killed_at_step_3)
   with pytest.raises(Killed):
     train_and_evaluate(config)
-  # The evaluation comes before the checkpoint of its step: both are redone.
-  assert Checkpointer(tmp_path / "checkpoints").latest_step() == 2
+  # The checkpoint comes before the evaluation of its step: no training is lost.
+  assert Checkpointer(tmp_path / "checkpoints").latest_step() == 3
   monkeypatch.setattr(loop, "evaluate", evaluate)
   summary = train_and_evaluate(config)
   tests = [r for r in records(tmp_path) if r["split"] == "test"]
   assert [r["step"] for r in tests] == [3]
   assert tests[0]["accuracy"] == summary["accuracy"]
+
+
+def test_a_kill_during_a_midway_evaluation_keeps_the_steps_and_evaluates_them_on_resume(
+    tmp_path, toys, monkeypatch):
+  # As when an evaluation batch too large for memory gets the process killed.
+  config = TrainConfig(**{**TOY, "checkpoint_every": 2, "eval_every": 2}, steps=6,
+                       workdir=str(tmp_path))
+  evaluate, calls = loop.evaluate, []
+
+  def killed_at_the_second_evaluation(*args):
+    calls.append(1)
+    if len(calls) == 2:
+      raise Killed()
+    return evaluate(*args)
+
+  monkeypatch.setattr(loop, "evaluate", killed_at_the_second_evaluation)
+  with pytest.raises(Killed):
+    train_and_evaluate(config)
+  assert Checkpointer(tmp_path / "checkpoints").latest_step() == 4
+  assert [r["step"] for r in records(tmp_path) if r["split"] == "test"] == [2]
+  monkeypatch.setattr(loop, "evaluate", evaluate)
+  train_and_evaluate(config)
+  assert [r["step"] for r in records(tmp_path) if r["split"] == "test"] == [2, 4, 6]
+  assert [r["step"] for r in records(tmp_path) if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+  uninterrupted = tmp_path / "uninterrupted"
+  train_and_evaluate(dataclasses.replace(config, workdir=str(uninterrupted)))
+  assert [r for r in records(tmp_path) if r["split"] == "test"] == [
+      r for r in records(uninterrupted) if r["split"] == "test"]
 
 
 def test_a_finished_run_missing_its_last_evaluation_record_writes_it_once(tmp_path, toys):

@@ -181,6 +181,17 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   def reached(result: dict[str, Any] | None) -> bool:
     return bool(target and result and result["accuracy"] >= target)
 
+  def evaluate_and_log(step_done: int) -> dict[str, float]:
+    result = evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size)
+    run_log.write({"step": step_done, "split": "test", **result})
+    return result
+
+  # A checkpoint is saved before its step's evaluation: a run killed in between
+  # (or by an evaluation that ran out of memory) evaluates that step on resume.
+  due = bool(config.eval_every) and 0 < start < total_steps and start % config.eval_every == 0
+  if _agreed(due and start not in run_log.logged("test"), due):
+    log.info("evaluating step %d, which the stopped run saved but did not evaluate", start)
+    evaluate_and_log(start)
   stopped_at_accuracy = reached(run_log.logged("test").get(start))
   # --train_minutes: the wall-clock time of the runs before this one, from their train records.
   limit_s = 60.0 * config.train_minutes
@@ -239,11 +250,6 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     checkpoints.save(step_done, state)
     last_good = step_done
 
-  def evaluate_and_log(step_done: int) -> dict[str, float]:
-    result = evaluate(eval_step, variables_of(state), test_data, mesh, config.eval_batch_size)
-    run_log.write({"step": step_done, "split": "test", **result})
-    return result
-
   # closing: stops grain's thread or worker processes, however the loop ends.
   with stop.installed(), _progress(total_steps, start) as bar, contextlib.closing(batches):
     pending = None
@@ -281,7 +287,9 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                           img_s=f"{images_per_sec:.0f}", refresh=False)
           window.clear()
           window_start = time.perf_counter()
-        if do_eval:  # before the save: a kill in between redoes both on resume
+        if do_save:  # before the evaluation, so that it cannot cost the steps trained
+          save(step)
+        if do_eval:
           last_eval = evaluate_and_log(step)
           stopped_at_accuracy = reached(last_eval)
           bar.write(f"step {step}: test accuracy {100 * last_eval['accuracy']:.2f}%"
@@ -290,7 +298,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
                     + (f", --stop_at_accuracy {target:g} reached: stopping"
                        if stopped_at_accuracy else ""))
           window_start = time.perf_counter()
-        if do_save or stopped_at_accuracy:
+        if stopped_at_accuracy and not do_save:
           save(step)
         bar.update(count)
         if out_of_time:
