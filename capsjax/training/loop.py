@@ -186,19 +186,21 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     run_log.write({"step": step_done, "split": "test", **result})
     return result
 
-  # A checkpoint is saved before its step's evaluation: a run killed in between
-  # (or by an evaluation that ran out of memory) evaluates that step on resume.
-  due = bool(config.eval_every) and 0 < start < total_steps and start % config.eval_every == 0
-  if _agreed(due and start not in run_log.logged("test"), due):
-    log.info("evaluating step %d, which the stopped run saved but did not evaluate", start)
-    evaluate_and_log(start)
-  stopped_at_accuracy = reached(run_log.logged("test").get(start))
   # --train_minutes: the wall-clock time of the runs before this one, from their train records.
   limit_s = 60.0 * config.train_minutes
   spent_before = max((r.get("train_seconds", 0.0) for s, r in run_log.logged("train").items()
                       if s <= start), default=0.0)
   out_of_time = bool(limit_s) and spent_before >= limit_s
   train_seconds = spent_before
+  # A step's checkpoint is saved before its evaluation: a run stopped in between
+  # (killed, or out of memory in the evaluation) has that step evaluated here.
+  due = start > 0 and (start == total_steps or out_of_time
+                       or bool(config.eval_every) and start % config.eval_every == 0)
+  start_eval = run_log.logged("test").get(start)
+  if _agreed(due and start_eval is None, due):
+    log.info("evaluating step %d, which the stopped run saved but did not evaluate", start)
+    start_eval = evaluate_and_log(start)
+  stopped_at_accuracy = reached(start_eval)
   if stopped_at_accuracy or out_of_time:  # stopped there by a target: nothing left to train
     total_steps = start
 
@@ -321,11 +323,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
     checkpoints.close()
     return summary
   if start == total_steps:  # nothing left to train: report the evaluation of what is there
-    logged = run_log.logged("test").get(total_steps)
-    if logged is not None:  # the evaluation is deterministic: its record is the result
-      summary.update({k: v for k, v in logged.items() if k not in ("step", "split")})
-    else:  # the run was stopped between its last checkpoint and that evaluation's record
-      summary.update(evaluate_and_log(total_steps))
+    summary.update({k: v for k, v in (start_eval or {}).items() if k not in ("step", "split")})
   pictures = write_pictures(model, variables_of(state), test_data, workdir)
   run_log.pictures(pictures, step)
   run_log.close()
