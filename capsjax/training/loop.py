@@ -150,6 +150,11 @@ def _agreed(flag: bool, at_log_step: bool) -> bool:
   return at_log_step and bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
+def _evaluation_due(step: int, total_steps: int, eval_every: int, out_of_time: bool) -> bool:
+  """Whether ``step`` is evaluated: every ``eval_every`` steps and where the run ends."""
+  return (bool(eval_every) and step % eval_every == 0) or step == total_steps or out_of_time
+
+
 def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   """Trains (or resumes) according to ``config``; returns the summary record."""
   config.initialize_distributed()
@@ -194,8 +199,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   train_seconds = spent_before
   # A step's checkpoint is saved before its evaluation: a run stopped in between
   # (killed, or out of memory in the evaluation) has that step evaluated here.
-  due = start > 0 and (start == total_steps or out_of_time
-                       or bool(config.eval_every) and start % config.eval_every == 0)
+  due = start > 0 and _evaluation_due(start, total_steps, config.eval_every, out_of_time)
   start_eval = run_log.logged("test").get(start)
   if _agreed(due and start_eval is None, due):
     log.info("evaluating step %d, which the stopped run saved but did not evaluate", start)
@@ -272,7 +276,7 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
         # Read the flag once: a signal arriving later in this iteration is acted
         # on (saved, then stopped) after the next step, never stopped unsaved.
         stopping = stop.signum is not None
-        do_eval = bool(config.eval_every and step % config.eval_every == 0) or at_end
+        do_eval = _evaluation_due(step, total_steps, config.eval_every, out_of_time)
         do_save = step % config.checkpoint_every == 0 or at_end or stopping
         if do_eval or do_save or step % config.log_every == 0:
           check(*pending)  # never save or report a state whose loss was not checked
