@@ -136,8 +136,10 @@ _preset("efficient_capsnet_mnist", dict(
   0.0005 x SSE, the official augmentation; test accuracy after every epoch.
 
     python experiments/train.py --config efficient_capsnet_mnist
-    2 CPU cores (Intel Xeon), JAX 0.10.2: 26.1 epochs in 2 h 29 min (~256 img/s alone) gave
-    99.63 % after epoch 26. Paper: 99.74 % (150 epochs, best epoch chosen on the test set).
+    1 H200, JAX 0.11.2, --steps_per_call 50 --data_workers 8: 150 epochs in 408 s gave 99.65 %
+    at the last epoch (last 10: mean 99.62 %), best 99.69 % (epoch 146, chosen on the test
+    set); 2 CPU cores: ~250 img/s, ~10 h. Paper: 99.74 % (best of 150 epochs).
+    Its final parameters: capsjax.models.pretrained("efficient_capsnet_mnist").
   """)
 
 

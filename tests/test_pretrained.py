@@ -71,6 +71,22 @@ def test_a_run_exported_loads_back_with_its_state_and_accuracy(exported, capsys)
 
 
 @pytest.mark.slow
+def test_an_evaluation_batch_that_does_not_divide_the_devices_is_rounded_up(
+    exported, registered, capsys):
+  """A model registered with --eval_batch_size 20 evaluates on the 8 test devices (as
+  one trained on a GPU does on a pod): the same accuracy, all examples counted once."""
+  _, out, entry = exported
+  registered(PRETRAINED, "toy_bn_20", PretrainedModel(
+      {**entry["config"], "eval_batch_size": 20}, str(out), entry["sha256"],
+      entry["test_accuracy"]))
+  assert len(jax.devices()) == 8
+  assert script("evaluate").main(["--pretrained", "toy_bn_20"]) == 0
+  result = json.loads(capsys.readouterr().out.split("evaluation ", 1)[1])
+  assert result["accuracy"] == entry["test_accuracy"]
+  assert result["test_examples"] == 16                   # the toy test split, padded to 24
+
+
+@pytest.mark.slow
 def test_an_altered_missing_or_misfit_file_is_refused_with_the_fix(
     exported, registered, capsys):
   _, out, entry = exported

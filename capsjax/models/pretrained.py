@@ -102,3 +102,16 @@ def pretrained(name: str):
         f"pretrained model {name!r}: the arrays in {path} do not fit the network its config "
         f"builds (first differences: {wrong}); register the config the file was trained with.")
   return module, jax.tree.map(jnp.asarray, loaded)
+
+
+PRETRAINED.register("efficient_capsnet_mnist", PretrainedModel(
+    config=dict(model="efficient_capsnet", dataset="mnist_augmented", routing="self_attention",
+                batch_size=16, epochs=150, lr=5e-4, lr_decay_rate=0.97, lr_decay_steps=3750,
+                lr_staircase=True, lr_min=5e-5, adam_eps=1e-7, recon_weight=0.0005,
+                eval_every=3750, checkpoint_every=3750, data_source="bundled"),
+    file="efficient_capsnet_mnist.msgpack",
+    sha256="cb656e567ec99098dac8fe93f53b802560a6ca68717518bfa85de0c5f636b82f",
+    test_accuracy=0.9965,
+    doc="Efficient-CapsNet (161,824 parameters, with its decoder and BatchNorm statistics) "
+        "after the official 150-epoch MNIST protocol, --config efficient_capsnet_mnist: the "
+        "final parameters (the last epoch, not the best)."))

@@ -336,6 +336,14 @@ def train_and_evaluate(config: TrainConfig) -> dict[str, Any]:
   return summary
 
 
+def _eval_batch_for(config: TrainConfig, num_devices: int) -> TrainConfig:
+  """``config`` with ``eval_batch_size`` rounded up to a multiple of ``num_devices``: a
+  model trained on one machine is evaluated on another (the accuracy does not depend on
+  the evaluation batch; the last one is padded)."""
+  size = -(-config.eval_batch_size // num_devices) * num_devices
+  return dataclasses.replace(config, eval_batch_size=size)
+
+
 def latest_variables(workdir: str | os.PathLike, **overrides):
   """``(config, model, step, variables)`` of the latest checkpoint in a run's workdir;
   ``overrides`` replace fields of its config that do not change the model (where
@@ -347,7 +355,7 @@ def latest_variables(workdir: str | os.PathLike, **overrides):
   overrides = {name: value for name, value in overrides.items() if value}
   config = TrainConfig.from_dict({**json.loads(config.to_json()), **overrides})
   mesh = make_mesh()
-  config.validate(num_devices=mesh.size)
+  config = _eval_batch_for(config, mesh.size).validate(num_devices=mesh.size)
   checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   if checkpoints.latest_step() is None:
     raise ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate.")
@@ -385,6 +393,7 @@ def evaluate_model(config: TrainConfig, model, variables: dict[str, Any],
   the first test examples are written there.
   """
   mesh = make_mesh()
+  config = _eval_batch_for(config, mesh.size)
   eval_config = config
   if dataset and dataset != config.dataset:
     eval_config = dataclasses.replace(config, dataset=dataset)
