@@ -138,7 +138,7 @@ _preset("efficient_capsnet_mnist", dict(
     python experiments/train.py --config efficient_capsnet_mnist
     1 H200, JAX 0.11.2, --steps_per_call 50 --data_workers 8: 150 epochs in 408 s gave 99.65 %
     at the last epoch (last 10: mean 99.62 %), best 99.69 % (epoch 146, chosen on the test
-    set); 2 CPU cores: ~250 img/s, ~10 h. Paper: 99.74 % (best of 150 epochs).
+    set); 2 CPU cores: 250-500 img/s, 5-10 h. Paper: 99.74 % (best of 150 epochs).
     Its final parameters: capsjax.models.pretrained("efficient_capsnet_mnist").
   """)
 
