@@ -347,6 +347,41 @@ def test_parameter_counts_per_dataset(size, classes, shape, expected):
     assert abs(expected - paper) / paper < 0.025
 
 
+def test_matrix_capsnet_bn_normalises_conv1_as_pytorch_batchnorm2d():
+  """``matrix_capsnet_bn``: 2A more parameters; one training step moves the running
+  statistics by 0.1 towards conv1's batch mean and unbiased variance per channel (PyTorch's
+  BatchNorm2d, momentum 0.1), conv1 computed here in NumPy from its kernel."""
+  from capsjax.training import TrainConfig, make_model
+  config = TrainConfig(model="matrix_capsnet_bn", dataset="mnist", routing_iters=1)
+  model = make_model(config)
+  assert model.conv1_batchnorm and MODELS["matrix_capsnet_bn"].collections == ("batch_stats",)
+  plain = 1_664 + 8_840 + 18_464 + 36_896 + 2_580                 # the MNIST count above
+  assert count_params(model.clone(batch_axis=None), (28, 28, 1)) == plain + 2 * 64
+  images = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+  variables = model.clone(batch_axis=None).init(jax.random.key(1), images)
+  _, updates = model.clone(batch_axis=None).apply(variables, images, train=True,
+                                                  mutable=["batch_stats"])
+  kernel = np.asarray(variables["params"]["conv1"]["kernel"], np.float64).reshape(25, 64)
+  bias = np.asarray(variables["params"]["conv1"]["bias"], np.float64)
+  x = np.asarray(images, np.float64)[..., 0]
+  patches = np.stack([x[:, i:i + 23:2, j:j + 23:2] for i in range(5) for j in range(5)], -1)
+  conv1 = (patches @ kernel + bias).reshape(-1, 64)                  # (3 * 12 * 12, 64)
+  stats = updates["batch_stats"]["bn1"]
+  np.testing.assert_allclose(stats["mean"], 0.1 * conv1.mean(0), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * conv1.var(0, ddof=1), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_train_script_runs_matrix_capsnet_bn_and_keeps_its_statistics(tmp_path):
+  from toys import SMALL, train_script
+  from capsjax.training.loop import latest_variables
+  workdir = tmp_path / "run"
+  assert train_script([*SMALL, "--model", "matrix_capsnet_bn", "--dataset", "mnist",
+                       "--routing_iters", "1", "--workdir", str(workdir)]) == 0
+  _, _, step, variables = latest_variables(workdir)
+  assert step == 2 and float(np.abs(variables["batch_stats"]["bn1"]["mean"]).sum()) > 0
+
+
 def test_the_matrix_router_registry():
   assert MODELS["matrix_capsnet"].routers is MATRIX_ROUTERS
   assert MATRIX_ROUTERS["em"] is em_routing
