@@ -353,14 +353,13 @@ def test_matrix_capsnet_bn_normalises_conv1_as_pytorch_batchnorm2d():
   BatchNorm2d, momentum 0.1), conv1 computed here in NumPy from its kernel."""
   from capsjax.training import TrainConfig, make_model
   config = TrainConfig(model="matrix_capsnet_bn", dataset="mnist", routing_iters=1)
-  model = make_model(config)
+  model = make_model(config).clone(batch_axis=None)            # one device, outside a mesh
   assert model.conv1_batchnorm and MODELS["matrix_capsnet_bn"].collections == ("batch_stats",)
   plain = 1_664 + 8_840 + 18_464 + 36_896 + 2_580                 # the MNIST count above
-  assert count_params(model.clone(batch_axis=None), (28, 28, 1)) == plain + 2 * 64
+  assert count_params(model, (28, 28, 1)) == plain + 2 * 64
   images = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
-  variables = model.clone(batch_axis=None).init(jax.random.key(1), images)
-  _, updates = model.clone(batch_axis=None).apply(variables, images, train=True,
-                                                  mutable=["batch_stats"])
+  variables = model.init(jax.random.key(1), images)
+  _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
   kernel = np.asarray(variables["params"]["conv1"]["kernel"], np.float64).reshape(25, 64)
   bias = np.asarray(variables["params"]["conv1"]["bias"], np.float64)
   x = np.asarray(images, np.float64)[..., 0]

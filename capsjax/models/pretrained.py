@@ -113,5 +113,5 @@ PRETRAINED.register("efficient_capsnet_mnist", PretrainedModel(
     sha256="cb656e567ec99098dac8fe93f53b802560a6ca68717518bfa85de0c5f636b82f",
     test_accuracy=0.9965,
     doc="Efficient-CapsNet (161,824 parameters; 1,573,168 with its decoder; and its BatchNorm "
-        "statistics) after the official 150-epoch MNIST protocol, --config efficient_capsnet_mnist: the "
-        "final parameters (the last epoch, not the best)."))
+        "statistics) after the official 150-epoch MNIST protocol, --config "
+        "efficient_capsnet_mnist: the final parameters (the last epoch, not the best)."))

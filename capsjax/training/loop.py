@@ -355,7 +355,9 @@ def latest_variables(workdir: str | os.PathLike, **overrides):
   overrides = {name: value for name, value in overrides.items() if value}
   config = TrainConfig.from_dict({**json.loads(config.to_json()), **overrides})
   mesh = make_mesh()
-  config = _eval_batch_for(config, mesh.size).validate(num_devices=mesh.size)
+  # Checked as evaluate_model will use it (its batch fitted to this machine's devices);
+  # the run's own config is what is returned.
+  _eval_batch_for(config, mesh.size).validate(num_devices=mesh.size)
   checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   if checkpoints.latest_step() is None:
     raise ConfigError(f"{workdir / 'checkpoints'} holds no checkpoint to evaluate.")
